@@ -1,0 +1,3 @@
+from encdec.cli import main
+
+main()

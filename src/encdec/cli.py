@@ -1,0 +1,242 @@
+"""`encdec`: data, train, translate, evaluate, params.
+
+Every user mistake ends in one clear line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from encdec.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, preset, MODEL_PRESETS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="encdec: a lab for encoder-decoder Transformers (Vaswani et al. 2017) and their wiring.")
+console = Console(stderr=True)
+SET_HELP = "Override any config field, e.g. --set train.lr=3e-4 --set model.wiring=layerwise (repeatable)."
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _log(msg: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+
+
+def _runtime(device: str, precision: str):
+    from encdec.runtime import Runtime, configure_threads
+
+    configure_threads()
+    return Runtime.create(device, precision)
+
+
+def build_config(preset_name: str, data: str, vocab_size: Optional[int], steps: int, minutes: float, epochs: int,
+                 overrides: list[str]) -> RunConfig:
+    model = preset(preset_name)
+    vs = vocab_size or (model.vocab_size if preset_name not in ("transformer-base", "transformer-big") else 8000)
+    if data.startswith("synthetic:") and vocab_size is None:
+        vs = 64
+    cfg = RunConfig(
+        model=replace(model, vocab_size=vs),
+        data=DataConfig(source=data, vocab_size=vs),
+        train=TrainConfig(max_steps=steps, max_minutes=minutes, max_epochs=epochs),
+    )
+    return apply_overrides(cfg, overrides)
+
+
+@app.command()
+def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SRC,TGT | synthetic:copy|reverse|sort"),
+         as_json: bool = typer.Option(False, "--json", help="Print machine-readable statistics."),
+         cache_dir: Optional[str] = typer.Option(None, help="Cache folder (default $ENCDEC_CACHE or ~/.cache/encdec).")):
+    """Prepare a corpus (cached) and print per-split counts and length statistics."""
+    from encdec.data import load_corpus
+
+    try:
+        corpus = load_corpus(source, cache_dir, log=_log)
+    except ValueError as e:
+        _fail(str(e))
+    stats = {}
+    for split in ("train", "dev", "test"):
+        pairs = corpus.split(split)
+        sw = [len(p.src.split()) for p in pairs]
+        tw = [len(p.tgt.split()) for p in pairs]
+        stats[split] = {"pairs": len(pairs), "src_words": sum(sw), "tgt_words": sum(tw),
+                        "src_mean_len": round(sum(sw) / max(len(sw), 1), 1), "tgt_mean_len": round(sum(tw) / max(len(tw), 1), 1),
+                        "src_max_len": max(sw, default=0), "tgt_max_len": max(tw, default=0)}
+    if as_json:
+        print(json.dumps({"source": source, "splits": stats}, indent=2))
+        return
+    table = Table(title=f"{source}")
+    for col in ("split", "pairs", "src words", "tgt words", "src mean", "tgt mean", "src max", "tgt max"):
+        table.add_column(col, justify="right")
+    for split, s in stats.items():
+        table.add_row(split, *(str(v) for v in s.values()))
+    Console().print(table)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("runs/main"), help="Run folder; rerunning the same command resumes it."),
+    preset_name: str = typer.Option("small", "--preset", help=f"Model preset: {', '.join(MODEL_PRESETS)}."),
+    data: str = typer.Option("bible:es-en", help="Corpus: bible:es-en | text:SRC,TGT | synthetic:TASK."),
+    minutes: float = typer.Option(0.0, help="Wall-clock training budget in minutes (0 = none)."),
+    steps: int = typer.Option(0, help="Training budget in optimizer steps (0 = none)."),
+    epochs: int = typer.Option(0, help="Training budget in epochs (0 = none)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Joint vocabulary size (sets model and data)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 (default: train.precision)."),
+    evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Score the test split (beam 4) at the end."),
+    beam: int = typer.Option(4, help="Beam size for the final test evaluation."),
+):
+    """Train a model; writes config, checkpoints, metrics and final weights to --out."""
+    from encdec.train import Interrupted, fit
+
+    try:
+        if minutes <= 0 and steps <= 0 and epochs <= 0:
+            minutes = 30.0
+        cfg = build_config(preset_name, data, vocab_size, steps, minutes, epochs, list(set_))
+        if precision:
+            cfg = replace(cfg, train=replace(cfg.train, precision=precision))
+        rt = _runtime(device, cfg.train.precision)
+        summary = fit(cfg, out, rt, log=_log, progress=sys.stderr.isatty())
+    except Interrupted as e:
+        console.print(f"[yellow]{e}[/]")
+        raise typer.Exit(130)
+    except ValueError as e:
+        _fail(str(e))
+    _log(f"training done: {json.dumps(summary)}")
+    if evaluate_after:
+        evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=0)
+
+
+@app.command()
+def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `encdec train`."),
+              beam: int = typer.Option(4, help="Beam size (1 = greedy)."),
+              alpha: float = typer.Option(0.6, help="Length penalty exponent."),
+              device: str = typer.Option("auto")):
+    """Translate lines from stdin to stdout, one for one (an empty line gives an empty line)."""
+    from encdec.checkpoint import load_run
+    from encdec.data.vocab import Vocab
+    from encdec.train import translate_ids
+
+    try:
+        cfg, model = load_run(checkpoint)
+        vocab = Vocab(checkpoint / "vocab.model")
+        rt = _runtime(device, cfg.train.precision)
+    except ValueError as e:
+        _fail(str(e))
+    model.to(rt.device)
+    lines = sys.stdin.read().splitlines()
+    ids = vocab.encode([line.strip() for line in lines])
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    hyps = translate_ids(model, [ids[i] for i in keep], rt, beam=beam, alpha=alpha)
+    out = [""] * len(lines)
+    for i, h in zip(keep, hyps):
+        out[i] = vocab.decode(h)
+    sys.stdout.write("".join(o + "\n" for o in out))
+
+
+@app.command()
+def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `encdec train`."),
+             split: str = typer.Option("test", help="dev | test"),
+             beam: int = typer.Option(4, help="Beam size (1 = greedy)."),
+             alpha: float = typer.Option(0.6, help="Length penalty exponent."),
+             as_json: bool = typer.Option(False, "--json"),
+             device: str = typer.Option("auto"),
+             limit: int = typer.Option(0, help="Score only the first N sentences (0 = all).")):
+    """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV."""
+    from rich.progress import Progress
+
+    from encdec.checkpoint import load_run
+    from encdec.data import load_corpus
+    from encdec.data.vocab import Vocab
+    from encdec.metrics import bleu, chrf
+    from encdec.train import translate_ids
+
+    try:
+        cfg, model = load_run(checkpoint)
+        vocab = Vocab(checkpoint / "vocab.model")
+        rt = _runtime(device, cfg.train.precision)
+        pairs = load_corpus(cfg.data.source, cfg.data.cache_dir, log=_log).split(split)
+    except ValueError as e:
+        _fail(str(e))
+    if limit > 0:
+        pairs = pairs[:limit]
+    model.to(rt.device)
+    t0 = time.time()
+    with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"translating {split} (beam {beam})", total=len(pairs))
+        hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
+                                on_batch=lambda n: bar.advance(task, n))
+    seconds = time.time() - t0
+    hyps = [vocab.decode(h) for h in hyp_ids]
+    hyp_file = checkpoint / f"hyps.{split}.beam{beam}.txt"
+    hyp_file.write_text("".join(h + "\n" for h in hyps))
+    web = [p.tgt for p in pairs]
+    second = [p.extra_refs[0] if p.extra_refs else p.tgt for p in pairs]
+    result = {"split": split, "sentences": len(pairs), "beam": beam, "seconds": round(seconds, 1),
+              "sent_per_s": round(len(pairs) / max(seconds, 1e-9), 1), "hypotheses": str(hyp_file)}
+    b1, c1 = bleu(hyps, [web]), chrf(hyps, [web])
+    result.update({"bleu": round(b1.score, 2), "chrf": round(c1.score, 2), "bleu_signature": b1.signature,
+                   "chrf_signature": c1.signature})
+    if any(p.extra_refs for p in pairs):
+        b2, c2 = bleu(hyps, [web, second]), chrf(hyps, [web, second])
+        result.update({"bleu_2refs": round(b2.score, 2), "chrf_2refs": round(c2.score, 2),
+                       "bleu_2refs_signature": b2.signature})
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{split}: {len(pairs)} sentences, beam {beam}, {result['sent_per_s']} sent/s; hypotheses in {hyp_file}")
+    print(f"BLEU = {b1.score:.2f}  chrF = {c1.score:.2f}   (reference: WEB)   {b1.signature}")
+    if "bleu_2refs" in result:
+        print(f"BLEU = {result['bleu_2refs']:.2f}  chrF = {result['chrf_2refs']:.2f}   (references: WEB + KJV)")
+
+
+@app.command()
+def params(preset_name: str = typer.Argument(..., metavar="PRESET", help=f"One of: {', '.join(MODEL_PRESETS)}."),
+           vocab_size: Optional[int] = typer.Option(None, help="Shared vocabulary size (default: the preset's)."),
+           set_: list[str] = typer.Option([], "--set", help="Model overrides, e.g. --set model.n_heads=16."),
+           as_json: bool = typer.Option(False, "--json")):
+    """Parameter count of a preset with a breakdown (embeddings, encoder/decoder layers, norms)."""
+    from encdec.analysis.params import count
+
+    try:
+        model = preset(preset_name)
+        if vocab_size:
+            model = replace(model, vocab_size=vocab_size)
+        cfg = RunConfig(model=model, data=DataConfig(vocab_size=model.vocab_size), train=TrainConfig(max_steps=1))
+        cfg = apply_overrides(cfg, [s if s.startswith("model.") else f"model.{s}" for s in set_])
+    except ValueError as e:
+        _fail(str(e))
+    result = count(cfg.model)
+    if as_json:
+        print(json.dumps({"preset": preset_name, "config": cfg.model.__dict__, **result}, indent=2, default=str))
+        return
+    m = cfg.model
+    table = Table(title=f"{preset_name}: d_model {m.d_model}, {m.n_heads} heads x d_head {m.head_dim}, d_ff {m.d_ff}, "
+                        f"{m.n_enc_layers}+{m.n_dec_layers} layers, vocab {m.vocab_size}")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for name, v in {**result["parts"], **result["per_layer"]}.items():
+        table.add_row(name, f"{v:,}")
+    table.add_row("[bold]total", f"[bold]{result['total']:,} ({result['total'] / 1e6:.1f}M)")
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

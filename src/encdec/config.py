@@ -1,0 +1,321 @@
+"""Frozen, self-validating configs; presets; strict `section.key=value` overrides.
+
+Every option of encdec is a field below, so `grep` finds it. Variants are made with
+`dataclasses.replace`, never by mutation. A config that cannot work raises `ValueError`
+naming the bad values before any compute starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+WIRINGS = ("final", "layerwise", "mix", "dense")
+NORMS = ("post", "pre")
+SCHEDULES = ("inverse_sqrt", "linear")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The encoder-decoder Transformer of Vaswani et al. (2017), plus the wiring switch.
+
+    `d_head` defaults to d_model // n_heads; setting it explicitly lets h * d_head differ from
+    d_model (Table 3 row A varies h with d_k = d_v fixed per row).
+    """
+
+    vocab_size: int = 8000
+    d_model: int = 512
+    n_heads: int = 8
+    d_head: int | None = None
+    d_ff: int = 2048
+    n_enc_layers: int = 6
+    n_dec_layers: int = 6
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    norm: Literal["post", "pre"] = "post"
+    max_len: int = 1024
+    wiring: Literal["final", "layerwise", "mix", "dense"] = "final"
+    layer_map: tuple[int, ...] | None = None  # layerwise only: encoder layer (1-based) read by each decoder layer
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.n_enc_layers < 1 or self.n_dec_layers < 1:
+            raise ValueError(
+                f"model.n_enc_layers={self.n_enc_layers}, model.n_dec_layers={self.n_dec_layers}: "
+                "both stacks need at least one layer"
+            )
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                "change one of them or set model.d_head explicitly"
+            )
+        if self.d_head is not None and self.d_head < 1:
+            raise ValueError(f"model.d_head={self.d_head} must be >= 1")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
+        if self.wiring not in WIRINGS:
+            raise ValueError(f"model.wiring={self.wiring!r}; choose one of {WIRINGS}")
+        if self.layer_map is not None:
+            if self.wiring != "layerwise":
+                raise ValueError(f"model.layer_map is only used with model.wiring=layerwise (got {self.wiring!r})")
+            if len(self.layer_map) != self.n_dec_layers:
+                raise ValueError(
+                    f"model.layer_map={list(self.layer_map)} has {len(self.layer_map)} entries; "
+                    f"it needs one per decoder layer ({self.n_dec_layers})"
+                )
+            bad = [j for j in self.layer_map if not 1 <= j <= self.n_enc_layers]
+            if bad:
+                raise ValueError(
+                    f"model.layer_map entries {bad} are out of range: encoder layers are numbered 1..{self.n_enc_layers}"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of the concatenated heads, h * d_head (= d_model unless d_head is set)."""
+        return self.n_heads * self.head_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which corpus, how it is tokenised and filtered."""
+
+    source: str = "bible:es-en"  # bible:es-en | text:SRC,TGT | synthetic:copy|reverse|sort
+    vocab_size: int = 8000  # joint SentencePiece vocabulary (must equal model.vocab_size)
+    spm_model: Literal["unigram", "bpe"] = "unigram"
+    max_len: int = 256  # training pairs with more subword tokens on either side are dropped
+    cache_dir: str | None = None  # default: $ENCDEC_CACHE or ~/.cache/encdec
+
+    def __post_init__(self) -> None:
+        if not self.source or ":" not in self.source:
+            raise ValueError(
+                f"data.source={self.source!r}; expected bible:es-en, text:SRC_FILE,TGT_FILE or synthetic:TASK"
+            )
+        if self.vocab_size < 8:
+            raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 8")
+        if self.max_len < 2:
+            raise ValueError(f"data.max_len={self.max_len} must be >= 2")
+        if self.spm_model not in ("unigram", "bpe"):
+            raise ValueError(f"data.spm_model={self.spm_model!r}; choose unigram or bpe")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation, budget and evaluation. `lr` is the peak learning rate for both schedules."""
+
+    seed: int = 1
+    max_tokens: int = 4096  # target+source tokens per batch, padding included
+    lr: float = 7e-4
+    schedule: Literal["inverse_sqrt", "linear"] = "inverse_sqrt"
+    warmup_steps: int = 4000
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 disables clipping
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    max_steps: int = 0  # 0 = no limit
+    max_epochs: int = 0  # 0 = no limit
+    max_minutes: float = 0.0  # wall-clock budget; 0 = no limit
+    eval_every: int = 500  # steps between dev evaluations (and checkpoints)
+    dev_bleu_sentences: int = 300  # fixed random dev subset for BLEU during training; 0 disables
+    average_last: int = 1  # average the weights of the last K evaluation checkpoints at the end
+    log_every: int = 20
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 16:
+            raise ValueError(f"train.max_tokens={self.max_tokens} must be >= 16")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr} must be > 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule={self.schedule!r}; choose one of {SCHEDULES}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.max_steps <= 0 and self.max_epochs <= 0 and self.max_minutes <= 0:
+            raise ValueError("no training budget: set train.max_steps, train.max_epochs or train.max_minutes")
+        if self.eval_every < 1 or self.log_every < 1:
+            raise ValueError(f"train.eval_every={self.eval_every}, train.log_every={self.log_every} must be >= 1")
+        if self.average_last < 1:
+            raise ValueError(f"train.average_last={self.average_last} must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r}; choose one of {PRECISIONS}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100_000))
+
+    def __post_init__(self) -> None:
+        if self.model.vocab_size != self.data.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={self.model.vocab_size} differs from data.vocab_size={self.data.vocab_size}; "
+                "the shared embedding needs one joint vocabulary (set both, or use --vocab-size)"
+            )
+
+
+# --- presets -------------------------------------------------------------------------------
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # Vaswani et al. 2017, Table 3 "base" and "big".
+    "transformer-base": ModelConfig(vocab_size=37000),
+    "transformer-big": ModelConfig(
+        vocab_size=37000, d_model=1024, n_heads=16, d_ff=4096, dropout=0.3
+    ),
+    # CPU default for the main job: chosen by measurement on bible:es-en (see README).
+    "small": ModelConfig(
+        vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, n_enc_layers=3, n_dec_layers=3, dropout=0.1
+    ),
+    # Seconds-scale model for tests and synthetic tasks.
+    "tiny": ModelConfig(vocab_size=64, d_model=64, n_heads=4, d_ff=128, n_enc_layers=2, n_dec_layers=2, dropout=0.0),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        close = difflib.get_close_matches(name, MODEL_PRESETS, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(MODEL_PRESETS)}.{hint}")
+    return MODEL_PRESETS[name]
+
+
+# --- strict overrides ----------------------------------------------------------------------
+
+def _parse_value(text: str, tp: Any, key: str) -> Any:
+    """Parse `text` to the annotated field type `tp` (str annotations are resolved by the caller)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_value(text, arg, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        if text not in args:
+            raise ValueError(f"{key}={text!r}; choose one of {', '.join(map(str, args))}")
+        return text
+    if origin is tuple:
+        try:
+            items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{key}={text!r} is not a list: {e}") from None
+        elem = args[0]
+        return tuple(_parse_value(str(x), elem, key) for x in items)
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}={text!r} is not a boolean (true/false)")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r} is not an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r} is not a number") from None
+    if tp is str:
+        return text
+    raise ValueError(f"{key}: cannot parse values of type {tp}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=False)
+
+
+def all_keys(cfg: RunConfig) -> list[str]:
+    return [f"{sec.name}.{f.name}" for sec in fields(cfg) for f in fields(getattr(cfg, sec.name))]
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.key=value` strings; unknown keys fail with the closest valid names."""
+    changes: dict[str, dict[str, Any]] = {}
+    keys = all_keys(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(keys)}"
+            raise ValueError(f"unknown config key {key!r}{hint}")
+        section, name = key.split(".", 1)
+        tp = _field_types(type(getattr(cfg, section)))[name]
+        changes.setdefault(section, {})[name] = _parse_value(text.strip(), tp, key)
+    sections = {sec: replace(getattr(cfg, sec), **vals) for sec, vals in changes.items()}
+    return replace(cfg, **sections)
+
+
+# --- JSON round trip -----------------------------------------------------------------------
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    """Strict inverse of `to_dict`: unknown or missing sections/keys raise ValueError."""
+    out = {}
+    for sec in fields(RunConfig):
+        if sec.name not in d:
+            raise ValueError(f"config is missing section {sec.name!r}")
+        cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}[sec.name]
+        known = {f.name for f in fields(cls)}
+        unknown = set(d[sec.name]) - known
+        if unknown:
+            raise ValueError(f"config section {sec.name!r} has unknown keys {sorted(unknown)}")
+        vals = {}
+        hints = _field_types(cls)
+        for k, v in d[sec.name].items():
+            if isinstance(v, list):
+                v = tuple(v)
+            if typing.get_origin(hints[k]) is tuple or (
+                typing.get_origin(hints[k]) in (typing.Union, types.UnionType) and v is not None and isinstance(v, tuple)
+            ):
+                v = tuple(v)
+            vals[k] = v
+        out[sec.name] = cls(**vals)
+    extra = set(d) - {f.name for f in fields(RunConfig)}
+    if extra:
+        raise ValueError(f"config has unknown sections {sorted(extra)}")
+    return RunConfig(**out)
+
+
+def save_json(cfg: RunConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_json(path: Path) -> RunConfig:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read config {path}: {e}") from None
+    return from_dict(d)

@@ -1,0 +1,118 @@
+"""Greedy and beam search over `start_decoding` / `decode_step`, batched and incremental.
+
+Both stop a sentence at source length + `max_extra` tokens (the paper: input length + 50) by
+forcing end-of-sentence there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from encdec.data.vocab import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: tuple[int, ...]  # without BOS and EOS
+    score: float  # log-probability / length_penalty
+    logprob: float  # sum of token log-probabilities, EOS included
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al. 2016); |Y| counts EOS."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _limits(src_mask: Tensor, max_extra: int) -> Tensor:
+    return src_mask.sum(dim=1) + max_extra  # (B,) longest allowed output per sentence, EOS excluded
+
+
+@torch.inference_mode()
+def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50) -> list[list[int]]:
+    """src (B, S) -> B token lists (no BOS/EOS)."""
+    B = src.size(0)
+    limits = _limits(src_mask, max_extra)  # (B,)
+    cache = model.start_decoding(src, src_mask)
+    tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (B, 1)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    out = []
+    for t in range(int(limits.max()) + 1):
+        logits, cache = model.decode_step(tokens, cache)  # (B, 1, V)
+        nxt = logits[:, -1].argmax(dim=-1)  # (B,)
+        nxt = torch.where(limits <= t, torch.full_like(nxt, EOS), nxt)
+        nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
+        out.append(nxt)
+        done |= nxt == EOS
+        if bool(done.all()):
+            break
+        tokens = nxt[:, None]
+    rows = torch.stack(out, dim=1).tolist()  # (B, steps)
+    return [r[: r.index(EOS)] if EOS in r else r for r in rows]
+
+
+@torch.inference_mode()
+def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float = 0.6, max_extra: int = 50,
+                nbest: int = 1) -> list[list[Hypothesis]]:
+    """Batched beam search; returns per sentence the `nbest` best hypotheses, best first.
+
+    Each step expands the B*K live rows, takes the top 2K candidates per sentence; an EOS
+    candidate among the top K is finished (score normalised by `length_penalty`), the best K
+    non-EOS candidates live on. A sentence is done once it has K finished hypotheses
+    (the fairseq stopping rule).
+    """
+    if beam < 1 or not 1 <= nbest <= beam:
+        raise ValueError(f"beam={beam}, nbest={nbest}: need beam >= 1 and 1 <= nbest <= beam")
+    B, K, dev = src.size(0), beam, src.device
+    limits = _limits(src_mask, max_extra).tolist()
+    cache = model.start_decoding(src, src_mask).reorder(torch.arange(B, device=dev).repeat_interleave(K))
+    scores = torch.full((B, K), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # only the first copy of each sentence starts alive
+    history = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, t)
+    tokens = torch.full((B * K, 1), BOS, dtype=torch.long, device=dev)
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    for t in range(max(limits) + 1):
+        logits, cache = model.decode_step(tokens, cache)  # (B*K, 1, V)
+        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B*K, V)
+        V = logp.size(-1)
+        force = torch.tensor([lim <= t for lim in limits], device=dev).repeat_interleave(K)  # (B*K,)
+        if bool(force.any()):
+            eos_col = logp[:, EOS].clone()
+            logp[force] = float("-inf")
+            logp[force, EOS] = eos_col[force]
+        cand = (scores.view(B * K, 1) + logp).view(B, K * V)  # (B, K*V)
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
+        top_scores, top_rows, top_tok = top_scores.tolist(), (top_idx // V).tolist(), (top_idx % V).tolist()
+        new_scores = torch.full((B, K), float("-inf"), device=dev)
+        rows = [b * K for b in range(B) for _ in range(K)]
+        toks = [PAD] * (B * K)
+        hist = history.tolist()
+        for b in range(B):
+            if done[b]:
+                continue
+            alive = 0
+            for j, s in enumerate(top_scores[b]):
+                if s == float("-inf") or alive == K:
+                    break
+                row, w = b * K + top_rows[b][j], top_tok[b][j]
+                if w == EOS:
+                    if j < K:
+                        seq = tuple(hist[row])
+                        finished[b].append(Hypothesis(seq, s / length_penalty(len(seq) + 1, alpha), s))
+                else:
+                    new_scores[b, alive] = s
+                    rows[b * K + alive], toks[b * K + alive] = row, w
+                    alive += 1
+            if len(finished[b]) >= K or alive == 0:
+                done[b] = True
+        if all(done):
+            break
+        scores = new_scores
+        rows_t = torch.tensor(rows, device=dev)
+        cache = cache.reorder(rows_t)
+        tokens = torch.tensor(toks, device=dev)[:, None]  # (B*K, 1)
+        history = torch.cat([history.index_select(0, rows_t), tokens], dim=1)
+    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]

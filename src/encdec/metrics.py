@@ -1,0 +1,54 @@
+"""Loss, perplexity and corpus BLEU/chrF (a thin wrapper over sacrebleu)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sacrebleu
+import torch
+from torch import Tensor
+
+
+def sequence_loss(logits: Tensor, target: Tensor, *, pad_id: int, smoothing: float) -> tuple[Tensor, Tensor, int]:
+    """logits (B, T, V), target (B, T) -> (smoothed loss sum, NLL sum, number of real tokens).
+
+    Label smoothing as in the paper (epsilon spread uniformly over the vocabulary); one
+    log-softmax serves both sums. The log-softmax runs in fp32 even under autocast.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    keep = target != pad_id  # (B, T)
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    nll_sum = nll.masked_select(keep).sum()
+    if smoothing > 0:
+        uniform = -logp.mean(dim=-1).masked_select(keep).sum()
+        loss = (1 - smoothing) * nll_sum + smoothing * uniform
+    else:
+        loss = nll_sum
+    return loss, nll_sum.detach(), int(keep.sum())
+
+
+def perplexity(nll_sum: float, n_tokens: int) -> float:
+    return math.exp(min(nll_sum / max(n_tokens, 1), 50.0))
+
+
+@dataclass(frozen=True)
+class Score:
+    score: float
+    signature: str
+
+    def __str__(self) -> str:
+        return f"{self.score:.2f}"
+
+
+def bleu(hyps: list[str], refs: list[list[str]]) -> Score:
+    """Corpus BLEU. refs is a list of reference streams, each as long as hyps (sacrebleu's layout)."""
+    metric = sacrebleu.BLEU()
+    result = metric.corpus_score(hyps, refs)
+    return Score(result.score, str(metric.get_signature()))
+
+
+def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
+    metric = sacrebleu.CHRF()
+    result = metric.corpus_score(hyps, refs)
+    return Score(result.score, str(metric.get_signature()))

@@ -1,0 +1,31 @@
+"""Learning-rate schedules: pure functions of progress returning a multiplier of the peak LR."""
+
+from __future__ import annotations
+
+
+def inverse_sqrt(step: int, *, warmup: int) -> float:
+    """Vaswani et al. eq. 3 normalised to peak 1.0 at step == warmup.
+
+    The paper's lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) equals this times
+    `paper_peak_lr(d_model, warmup)`; linear warm-up, then decay proportional to step^-0.5.
+    """
+    step = max(step, 1)
+    if warmup <= 0:
+        return step**-0.5
+    return min(step / warmup, (warmup / step) ** 0.5)
+
+
+def paper_peak_lr(d_model: int, warmup: int) -> float:
+    """The peak of the paper's schedule: d_model^-0.5 * warmup^-0.5 (7.0e-4 for base, warmup 4000)."""
+    return d_model**-0.5 * warmup**-0.5
+
+
+def linear(step: int, *, warmup: int, progress: float) -> float:
+    """Linear warm-up over `warmup` steps, then linear decay to zero at progress == 1.
+
+    `progress` is the fraction of the training budget used (steps or wall clock), so the LR
+    reaches zero exactly when the budget ends even when the budget is time.
+    """
+    step = max(step, 1)
+    warm = min(1.0, step / warmup) if warmup > 0 else 1.0
+    return warm * max(0.0, 1.0 - progress)

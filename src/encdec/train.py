@@ -1,0 +1,342 @@
+"""Training as plain functions: prepare_data, train_step, evaluate, fit (STYLE C10).
+
+A checkpoint holds the weights, optimizer, step, epoch position, elapsed time and RNG state,
+so a resumed CPU run repeats the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from encdec import checkpoint as ckpt
+from encdec import schedules
+from encdec.config import DataConfig, RunConfig, TrainConfig, load_json, to_dict
+from encdec.data import ParallelCorpus, corpus_dir, load_corpus
+from encdec.data.batching import Batch, bucket, collate, epoch_order, padding_fraction
+from encdec.data.vocab import PAD, Vocab, train_vocab
+from encdec.decode import greedy
+from encdec.metrics import bleu, perplexity, sequence_loss
+from encdec.model import Transformer
+from encdec.runtime import Runtime, rng_state, seed_everything, set_rng_state
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Data:
+    corpus: ParallelCorpus
+    vocab: Vocab
+    train: list[tuple[list[int], list[int]]]  # encoded, length-filtered
+    dev: list[tuple[list[int], list[int]]]
+    train_batches: list[list[int]]  # index lists into train
+    dev_batches: list[list[int]]
+
+
+def vocab_path(cfg: DataConfig) -> Path:
+    return corpus_dir(cfg.source, cfg.cache_dir) / f"spm-{cfg.spm_model}-{cfg.vocab_size}.model"
+
+
+def load_vocab(cfg: DataConfig, corpus: ParallelCorpus, log: Log | None = None) -> Vocab:
+    path = vocab_path(cfg)
+    if path.exists():
+        return Vocab(path)
+    if log:
+        log(f"training a joint {cfg.spm_model} SentencePiece vocabulary of {cfg.vocab_size} on the train split ...")
+    texts = [t for p in corpus.train for t in (p.src, p.tgt)]
+    return train_vocab(texts, path.with_suffix(""), vocab_size=cfg.vocab_size, model_type=cfg.spm_model)
+
+
+def prepare_data(cfg: RunConfig, log: Log | None = None) -> Data:
+    corpus = load_corpus(cfg.data.source, cfg.data.cache_dir, log=log)
+    vocab = load_vocab(cfg.data, corpus, log)
+    if vocab.size > cfg.model.vocab_size:
+        raise ValueError(f"vocabulary has {vocab.size} pieces but model.vocab_size={cfg.model.vocab_size}")
+
+    def enc(pairs):
+        return list(zip(vocab.encode([p.src for p in pairs]), vocab.encode([p.tgt for p in pairs])))
+
+    limit = min(cfg.data.max_len, cfg.model.max_len - 1)
+    train = [(s, t) for s, t in enc(corpus.train) if len(s) < limit and len(t) < limit]
+    if not train:
+        raise ValueError(f"no training pairs shorter than data.max_len={cfg.data.max_len} tokens")
+    dev = enc(corpus.dev)
+    lens = [(len(s), len(t)) for s, t in train]
+    return Data(corpus, vocab, train, dev, bucket(lens, cfg.train.max_tokens),
+                bucket([(len(s), len(t)) for s, t in dev], cfg.train.max_tokens))
+
+
+def train_step(model: Transformer, batch: Batch, opt: torch.optim.Optimizer, lr: float, cfg: TrainConfig,
+               rt: Runtime) -> dict[str, float]:
+    model.train()
+    with rt.autocast():
+        logits = model(batch.src, batch.src_mask, batch.tgt_in).logits  # (B, T, V)
+    loss_sum, nll_sum, n = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    (loss_sum / n).backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm if cfg.clip_norm > 0 else math.inf)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    return {"loss": loss_sum.item() / n, "nll": nll_sum.item() / n, "tokens": n, "grad_norm": float(gnorm)}
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, data: Data, rt: Runtime) -> dict[str, float]:
+    """Dev loss (NLL per target token, no smoothing) and perplexity over the whole dev split."""
+    model.eval()
+    nll = tokens = 0.0
+    for idx in data.dev_batches:
+        batch = collate([data.dev[i] for i in idx]).to(rt.device)
+        with rt.autocast():
+            logits = model(batch.src, batch.src_mask, batch.tgt_in).logits
+        _, nll_sum, n = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=0.0)
+        nll += nll_sum.item()
+        tokens += n
+    return {"dev_nll": nll / max(tokens, 1), "dev_ppl": perplexity(nll, int(tokens))}
+
+
+def dev_subset(n_dev: int, k: int, seed: int = 0) -> list[int]:
+    """A fixed random subset spread over the whole dev split (its first lines are all early books)."""
+    if k <= 0 or n_dev == 0:
+        return []
+    return sorted(random.Random(seed).sample(range(n_dev), min(k, n_dev)))
+
+
+def translate_ids(model: Transformer, sources: list[list[int]], rt: Runtime, *, beam: int = 1, alpha: float = 0.6,
+                  max_tokens: int = 6000, on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Decode source id lists in length-sorted batches; returns target ids in input order."""
+    from encdec.data.batching import encode_sources
+    from encdec.decode import beam_search
+
+    model.eval()
+    out: list[list[int]] = [[] for _ in sources]
+    budget = max(64, max_tokens // max(beam, 1))
+    for idx in bucket([(len(s), len(s)) for s in sources], budget):
+        src, mask = encode_sources([sources[i] for i in idx])
+        src, mask = src.to(rt.device), mask.to(rt.device)
+        with rt.autocast():
+            if beam == 1:
+                hyps = greedy(model, src, mask)
+            else:
+                hyps = [list(h[0].tokens) for h in beam_search(model, src, mask, beam=beam, alpha=alpha)]
+        for i, h in zip(idx, hyps):
+            out[i] = h
+        if on_batch:
+            on_batch(len(idx))
+    return out
+
+
+def dev_bleu(model: Transformer, data: Data, rt: Runtime, subset: list[int]) -> float:
+    if not subset:
+        return float("nan")
+    hyps = translate_ids(model, [data.dev[i][0] for i in subset], rt)
+    refs = [data.corpus.dev[i].tgt for i in subset]
+    return bleu([data.vocab.decode(h) for h in hyps], [refs]).score
+
+
+def _progress(cfg: TrainConfig, step: int, elapsed: float, epoch_pos: float) -> float:
+    """Fraction of the training budget used: the largest of steps, time and epochs."""
+    parts = []
+    if cfg.max_steps > 0:
+        parts.append(step / cfg.max_steps)
+    if cfg.max_minutes > 0:
+        parts.append(elapsed / (60 * cfg.max_minutes))
+    if cfg.max_epochs > 0:
+        parts.append(epoch_pos / cfg.max_epochs)
+    return max(parts)
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    if cfg.schedule == "inverse_sqrt":
+        return cfg.lr * schedules.inverse_sqrt(step, warmup=cfg.warmup_steps)
+    return cfg.lr * schedules.linear(step, warmup=cfg.warmup_steps, progress=progress)
+
+
+def _average_snapshots(model: Transformer, paths: list[Path]) -> Transformer:
+    from safetensors.torch import load_file
+
+    avg = None
+    for p in paths:
+        sd = load_file(str(p))
+        avg = {k: v.double() for k, v in sd.items()} if avg is None else {k: avg[k] + sd[k].double() for k in avg}
+    out = Transformer(model.cfg)
+    out.load_state_dict({k: (v / len(paths)).to(torch.float32) for k, v in avg.items()})
+    return out.to(next(model.parameters()).device)
+
+
+class Interrupted(Exception):
+    """Raised after Ctrl-C once the checkpoint is safely written."""
+
+
+def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: bool = True,
+        stop_after_steps: int | None = None) -> dict:
+    """Train (or resume) the run in folder `run`; returns the final summary dict.
+
+    `stop_after_steps` ends this call early after that many steps in this process, leaving a
+    resumable checkpoint (used by tests to check that resume equals an uninterrupted run).
+    """
+    run = Path(run)
+    resumed = (run / "checkpoint" / "state.pt").exists()
+    if resumed:
+        saved = load_json(run / "config.json")
+        if replace(saved, train=replace(saved.train, max_steps=cfg.train.max_steps, max_minutes=cfg.train.max_minutes,
+                                         max_epochs=cfg.train.max_epochs)) != cfg:
+            diff = [k for k, v in _flat(to_dict(cfg)).items() if _flat(to_dict(saved)).get(k) != v]
+            raise ValueError(f"{run} holds a run with a different config ({', '.join(diff)}); "
+                             "use another --out, or the same settings to resume")
+    ckpt.write_config(run, cfg)
+    seed_everything(cfg.train.seed)
+    data = prepare_data(cfg, log)
+    shutil.copyfile(data.vocab.path, run / "vocab.model")
+    model = Transformer(cfg.model).to(rt.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps,
+                            weight_decay=cfg.train.weight_decay)
+    state = {"step": 0, "epoch": 0, "pos": 0, "elapsed": 0.0, "best": -math.inf, "best_step": 0, "snapshots": []}
+    if resumed:
+        saved_state = ckpt.load_state(run / "checkpoint", model)
+        opt.load_state_dict(saved_state["optimizer"])
+        set_rng_state(saved_state["rng"])
+        state = saved_state["train"]
+        log(f"resumed {run} at step {state['step']}")
+    n_params = sum(p.numel() for p in model.parameters())
+    pad_frac = padding_fraction(data.train_batches, [(len(s), len(t)) for s, t in data.train])
+    log(f"model {n_params / 1e6:.2f}M parameters, wiring={cfg.model.wiring}, norm={cfg.model.norm}; {rt.describe()}")
+    log(f"data {cfg.data.source}: {len(data.train)} train pairs in {len(data.train_batches)} batches "
+        f"(padding {100 * pad_frac:.1f}%), {len(data.dev)} dev; vocab {data.vocab.size}")
+    subset = dev_subset(len(data.dev), cfg.train.dev_bleu_sentences)
+    tc = cfg.train
+    order = epoch_order(len(data.train_batches), seed=tc.seed, epoch=state["epoch"])
+    t_start = time.time() - state["elapsed"]
+    window = {"loss": 0.0, "tokens": 0, "steps": 0, "t": time.time()}
+    steps_here = 0
+    bar = _Bar(progress, tc)
+    last: dict = {}
+
+    def save_checkpoint() -> None:
+        state["elapsed"] = time.time() - t_start
+        ckpt.save_state(run / "checkpoint", model, {"optimizer": opt.state_dict(), "rng": rng_state(), "train": state,
+                                                     "config": to_dict(cfg)})
+
+    def do_eval() -> None:
+        ev = evaluate(model, data, rt)
+        ev["dev_bleu"] = dev_bleu(model, data, rt, subset)
+        score = ev["dev_bleu"] if subset else -ev["dev_nll"]
+        snap_dir = run / "snapshots"
+        snap_dir.mkdir(exist_ok=True)
+        snap = snap_dir / f"step-{state['step']:07d}.safetensors"
+        ckpt.save_weights(model, snap)
+        state["snapshots"] = (state["snapshots"] + [snap.name])[-tc.average_last:]
+        for old in snap_dir.glob("*.safetensors"):
+            if old.name not in state["snapshots"]:
+                old.unlink()
+        if score > state["best"]:
+            state["best"], state["best_step"] = score, state["step"]
+            ckpt.save_weights(model, run / "best.safetensors")
+        record = {"step": state["step"], "elapsed": round(time.time() - t_start, 1), **ev}
+        ckpt.append_metrics(run, record)
+        last.update(record)
+        log(f"step {state['step']}: dev ppl {ev['dev_ppl']:.2f}, dev BLEU {ev['dev_bleu']:.2f} "
+            f"(best {state['best']:.2f} at {state['best_step']})")
+        save_checkpoint()
+
+    try:
+        with bar:
+            while True:
+                elapsed = time.time() - t_start
+                epoch_pos = state["epoch"] + state["pos"] / len(order)
+                prog = _progress(tc, state["step"], elapsed, epoch_pos)
+                if prog >= 1.0:
+                    break
+                if stop_after_steps is not None and steps_here >= stop_after_steps:
+                    save_checkpoint()
+                    return {"stopped_at": state["step"]}
+                batch = collate([data.train[i] for i in data.train_batches[order[state["pos"]]]]).to(rt.device)
+                state["step"] += 1
+                lr = lr_at(tc, state["step"], prog)
+                out = train_step(model, batch, opt, lr, tc, rt)
+                steps_here += 1
+                state["pos"] += 1
+                if state["pos"] == len(order):
+                    state["epoch"], state["pos"] = state["epoch"] + 1, 0
+                    order = epoch_order(len(data.train_batches), seed=tc.seed, epoch=state["epoch"])
+                window["loss"] += out["loss"] * out["tokens"]
+                window["tokens"] += out["tokens"]
+                window["steps"] += 1
+                if state["step"] % tc.log_every == 0:
+                    dt = time.time() - window["t"]
+                    rec = {"step": state["step"], "loss": window["loss"] / window["tokens"], "lr": lr,
+                           "tok_s": window["tokens"] / max(dt, 1e-9), "epoch": round(epoch_pos, 3),
+                           "elapsed": round(time.time() - t_start, 1)}
+                    ckpt.append_metrics(run, rec)
+                    bar.update(prog, rec)
+                    window = {"loss": 0.0, "tokens": 0, "steps": 0, "t": time.time()}
+                if state["step"] % tc.eval_every == 0:
+                    do_eval()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        raise Interrupted(f"interrupted at step {state['step']}; checkpoint saved - rerun the same command to resume")
+    if last.get("step") != state["step"]:
+        do_eval()
+    return finish(cfg, run, model, data, rt, state, subset, log)
+
+
+def finish(cfg: RunConfig, run: Path, model: Transformer, data: Data, rt: Runtime, state: dict, subset: list[int],
+           log: Log) -> dict:
+    """Choose the final weights on dev BLEU: the best checkpoint or the average of the last K."""
+    candidates = {"best": run / "best.safetensors"}
+    best_model = Transformer(cfg.model).to(rt.device)
+    ckpt.load_weights(best_model, candidates["best"])
+    chosen, chosen_score, final = "best", state["best"], best_model
+    if cfg.train.average_last > 1 and len(state["snapshots"]) > 1:
+        avg = _average_snapshots(model, [run / "snapshots" / s for s in state["snapshots"]])
+        score = dev_bleu(avg, data, rt, subset) if subset else -evaluate(avg, data, rt)["dev_nll"]
+        log(f"average of the last {len(state['snapshots'])} snapshots: dev score {score:.2f} (best single {state['best']:.2f})")
+        if score > chosen_score:
+            chosen, chosen_score, final = f"average of last {len(state['snapshots'])}", score, avg
+    ckpt.save_weights(final, run / "model.safetensors")
+    summary = {"step": state["step"], "elapsed_min": round((state["elapsed"] or 0) / 60, 1), "final_weights": chosen,
+               "dev_score": chosen_score, **evaluate(final, data, rt)}
+    ckpt.append_metrics(run, {"final": summary})
+    return summary
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class _Bar:
+    """A rich progress bar over the training budget (step, loss, lr, tokens/s, ETA)."""
+
+    def __init__(self, enabled: bool, cfg: TrainConfig):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+        )
+        self.task = self.progress.add_task("train", total=1.0, info="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, prog: float, rec: dict) -> None:
+        info = f"step {rec['step']} loss {rec['loss']:.3f} lr {rec['lr']:.2e} {rec['tok_s']:.0f} tok/s"
+        self.progress.update(self.task, completed=min(prog, 1.0), info=info)
