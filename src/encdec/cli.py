@@ -20,7 +20,7 @@ from encdec.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="encdec: a lab for encoder-decoder Transformers (Vaswani et al. 2017) and their wiring.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 SET_HELP = "Override any config field, e.g. --set train.lr=3e-4 --set model.wiring=layerwise (repeatable)."
 
 

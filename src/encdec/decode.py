@@ -58,10 +58,12 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
                 nbest: int = 1) -> list[list[Hypothesis]]:
     """Batched beam search; returns per sentence the `nbest` best hypotheses, best first.
 
-    Each step expands the B*K live rows, takes the top 2K candidates per sentence; an EOS
-    candidate among the top K is finished (score normalised by `length_penalty`), the best K
-    non-EOS candidates live on. A sentence is done once it has K finished hypotheses
-    (the fairseq stopping rule).
+    Each step expands the B*K live rows and takes the top 2K candidates per sentence; an EOS
+    candidate among the top K is finished (score = logprob / `length_penalty`), the best K
+    non-EOS candidates live on. A sentence is done when it has K finished hypotheses and its
+    best live hypothesis, ending at the next step, would not beat the worst of them
+    (Hugging Face's `early_stopping=False` rule), or when it reaches its length limit.
+    With alpha = 0 and beam 1 this is exactly greedy search.
     """
     if beam < 1 or not 1 <= nbest <= beam:
         raise ValueError(f"beam={beam}, nbest={nbest}: need beam >= 1 and 1 <= nbest <= beam")
@@ -106,8 +108,12 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
                     new_scores[b, alive] = s
                     rows[b * K + alive], toks[b * K + alive] = row, w
                     alive += 1
-            if len(finished[b]) >= K or alive == 0:
+            finished[b] = sorted(finished[b], key=lambda h: -h.score)[:K]
+            if alive == 0:
                 done[b] = True
+            elif len(finished[b]) >= K:
+                best_alive = float(new_scores[b, 0]) / length_penalty(t + 2, alpha)
+                done[b] = best_alive <= finished[b][-1].score
         if all(done):
             break
         scores = new_scores
@@ -115,4 +121,4 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
         cache = cache.reorder(rows_t)
         tokens = torch.tensor(toks, device=dev)[:, None]  # (B*K, 1)
         history = torch.cat([history.index_select(0, rows_t), tokens], dim=1)
-    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
+    return [f[:nbest] for f in finished]

@@ -199,7 +199,10 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
     model = Transformer(cfg.model).to(rt.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps,
                             weight_decay=cfg.train.weight_decay)
-    state = {"step": 0, "epoch": 0, "pos": 0, "elapsed": 0.0, "best": -math.inf, "best_step": 0, "snapshots": []}
+    # elapsed: wall-clock seconds since the run began; eval_s: the part spent evaluating, which
+    # the time budget does not count
+    state = {"step": 0, "epoch": 0, "pos": 0, "elapsed": 0.0, "eval_s": 0.0, "best": -math.inf, "best_step": 0,
+             "snapshots": []}
     if resumed:
         saved_state = ckpt.load_state(run / "checkpoint", model)
         opt.load_state_dict(saved_state["optimizer"])
@@ -226,6 +229,7 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                                                      "config": to_dict(cfg)})
 
     def do_eval() -> None:
+        t_eval = time.time()
         ev = evaluate(model, data, rt)
         ev["dev_bleu"] = dev_bleu(model, data, rt, subset)
         score = ev["dev_bleu"] if subset else -ev["dev_nll"]
@@ -245,12 +249,13 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
         last.update(record)
         log(f"step {state['step']}: dev ppl {ev['dev_ppl']:.2f}, dev BLEU {ev['dev_bleu']:.2f} "
             f"(best {state['best']:.2f} at {state['best_step']})")
+        state["eval_s"] += time.time() - t_eval
         save_checkpoint()
 
     try:
         with bar:
             while True:
-                elapsed = time.time() - t_start
+                elapsed = time.time() - t_start - state["eval_s"]  # training time only
                 epoch_pos = state["epoch"] + state["pos"] / len(order)
                 prog = _progress(tc, state["step"], elapsed, epoch_pos)
                 if prog >= 1.0:
@@ -302,7 +307,8 @@ def finish(cfg: RunConfig, run: Path, model: Transformer, data: Data, rt: Runtim
         if score > chosen_score:
             chosen, chosen_score, final = f"average of last {len(state['snapshots'])}", score, avg
     ckpt.save_weights(final, run / "model.safetensors")
-    summary = {"step": state["step"], "elapsed_min": round((state["elapsed"] or 0) / 60, 1), "final_weights": chosen,
+    summary = {"step": state["step"], "train_min": round((state["elapsed"] - state["eval_s"]) / 60, 1),
+               "total_min": round(state["elapsed"] / 60, 1), "final_weights": chosen,
                "dev_score": chosen_score, **evaluate(final, data, rt)}
     ckpt.append_metrics(run, {"final": summary})
     return summary

@@ -24,7 +24,7 @@ from encdec.data.corpus import Pair, ParallelCorpus
 
 MODULES = {"es": "spaRV1909eb", "en": "engWEB2015eb", "kjv": "engKJV2006eb"}
 PACKAGES = "sword-text-sparv sword-text-web sword-text-kjv"
-VERSION = "v1"  # bump when cleaning/alignment changes, so caches are rebuilt
+VERSION = "v2"  # bump when cleaning/alignment changes, so caches are rebuilt
 
 Ref = tuple[str, int, int]  # (OSIS book, chapter, verse)
 
@@ -100,7 +100,8 @@ def clean_osis(raw: str) -> str:
             skip.append(name)
     if not skip:
         out.append(raw[pos:])
-    text = html.unescape("".join(out)).replace("¶", " ")
+    # ¶ is KJV's paragraph sign; KJV 1 John 2:23 brackets words absent from the manuscripts
+    text = html.unescape("".join(out)).replace("¶", " ").translate(str.maketrans("", "", "[]{}"))
     text = re.sub(rf"(?<=\w){_SEP}+(?=\w)", " ", text).replace(_SEP, "")
     text = re.sub(r"\s+", " ", text).strip()
     return re.sub(r" ([,.;:!?])", r"\1", text)
@@ -291,9 +292,10 @@ def aligned_verses() -> list[tuple[list[Ref], list[Ref], str, str, str]]:
     return out
 
 
-def build() -> ParallelCorpus:
+def build(links: list | None = None) -> ParallelCorpus:
+    """The corpus from `aligned_verses()` (or the given links): filtered, split, de-duplicated."""
     splits: dict[str, list[Pair]] = {"train": [], "dev": [], "test": []}
-    for es_refs, en_refs, src, tgt, kjv in aligned_verses():
+    for es_refs, en_refs, src, tgt, kjv in links if links is not None else aligned_verses():
         ns, nt = len(src.split()), len(tgt.split())
         if not ns or not nt or not 1 / 3 <= nt / ns <= 3:
             continue

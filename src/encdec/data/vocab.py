@@ -34,7 +34,10 @@ class Vocab:
 
 
 def train_vocab(texts: Iterable[str], out_prefix: Path, *, vocab_size: int, model_type: str = "unigram") -> Vocab:
-    """Train on `texts` (both languages) and write out_prefix.model; ids 0..3 = pad, unk, bos, eos."""
+    """Train on `texts` (both languages) and write out_prefix.model; ids 0..3 = pad, unk, bos, eos.
+
+    The size is a ceiling: a small corpus (a synthetic task) may yield fewer pieces.
+    """
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         for t in texts:
@@ -45,7 +48,7 @@ def train_vocab(texts: Iterable[str], out_prefix: Path, *, vocab_size: int, mode
             input=corpus, model_prefix=str(out_prefix), vocab_size=vocab_size, model_type=model_type,
             pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, character_coverage=1.0,
             input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=2,
-            hard_vocab_limit=model_type != "word", minloglevel=2,
+            hard_vocab_limit=False, minloglevel=2,
         )
     except RuntimeError as e:
         raise ValueError(f"SentencePiece training failed (vocab_size={vocab_size}): {e}") from None

@@ -1,0 +1,36 @@
+import dataclasses
+
+import pytest
+import torch
+
+from encdec.config import ModelConfig
+from encdec.data.batching import collate
+from encdec.model import Transformer
+
+TINY = ModelConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=64, n_enc_layers=2, n_dec_layers=2, dropout=0.0)
+
+
+def tiny(**changes) -> ModelConfig:
+    return dataclasses.replace(TINY, **changes)
+
+
+def random_batch(seed: int = 0, n: int = 4, vocab: int = 50):
+    """A batch with ragged lengths, so both source and target are padded."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i in range(n):
+        s = torch.randint(4, vocab, (3 + 2 * i,), generator=g).tolist()
+        t = torch.randint(4, vocab, (2 + 3 * i,), generator=g).tolist()
+        pairs.append((s, t))
+    return collate(pairs)
+
+
+@pytest.fixture
+def batch():
+    return random_batch()
+
+
+@pytest.fixture(params=["post", "pre"])
+def model(request):
+    torch.manual_seed(0)
+    return Transformer(tiny(norm=request.param)).eval()

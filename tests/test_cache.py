@@ -1,0 +1,20 @@
+import torch
+
+from encdec.cache import DecoderCache, LayerCache
+
+
+def test_reorder_selects_rows_element_by_element():
+    B, H, t, S, Dh = 4, 2, 3, 5, 6
+    g = torch.Generator().manual_seed(0)
+    layers = [LayerCache(*(torch.randn(B, H, n, Dh, generator=g) for n in (t, t, S, S))) for _ in range(2)]
+    mask = torch.rand(B, S, generator=g) > 0.3
+    cache = DecoderCache(layers, mask)
+    rows = torch.tensor([2, 0, 0, 3])
+    out = cache.reorder(rows)
+    for r, src_row in enumerate(rows.tolist()):
+        assert torch.equal(out.memory_mask[r], mask[src_row])
+        for new, old in zip(out.layers, layers):
+            for name in ("k", "v", "cross_k", "cross_v"):
+                assert torch.equal(getattr(new, name)[r], getattr(old, name)[src_row])
+    assert out.length == t and out.batch_size == 4
+    assert cache.layers[0].k.size(0) == B  # the original is untouched

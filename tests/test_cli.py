@@ -1,0 +1,53 @@
+"""The CLI: user mistakes give one clear message and exit code 2; translate is one line for one."""
+
+import json
+
+from typer.testing import CliRunner
+
+from encdec.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, **kw):
+    return runner.invoke(app, list(args), catch_exceptions=False, **kw)
+
+
+def test_params_json_and_table():
+    r = run("params", "transformer-base", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["total"] == 63_082_496
+    r = run("params", "transformer-big")
+    assert r.exit_code == 0 and "total" in r.stdout
+
+
+def test_user_mistakes_are_one_clear_line(tmp_path):
+    cases = [
+        (["params", "transformer-bse"], "did you mean"),
+        (["train", "--set", "train.lrr=1", "--out", str(tmp_path / "r")], "did you mean train.lr"),
+        (["train", "--set", "model.n_heads=3", "--out", str(tmp_path / "r")], "not divisible"),
+        (["train", "--preset", "huge", "--out", str(tmp_path / "r")], "unknown preset"),
+        (["evaluate", "--checkpoint", str(tmp_path / "nope")], "not an encdec run folder"),
+        (["data", "wikipedia:es-en"], "unknown data source"),
+    ]
+    for args, fragment in cases:
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert fragment in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_missing_sword_modules_name_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWORD_PATH", str(tmp_path / "empty"))
+    r = run("data", "bible:es-en", "--cache-dir", str(tmp_path / "cache"))
+    assert r.exit_code == 2 and "apt-get install sword-text-sparv" in r.output
+
+
+def test_translate_keeps_lines_one_for_one(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", "30", "--out", str(out),
+            "--no-evaluate", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.max_tokens=512",
+            "--set", "train.warmup_steps=10", "--set", "train.eval_every=1000")
+    assert r.exit_code == 0, r.output
+    r = run("translate", "--checkpoint", str(out), "--beam", "2", input="s1 s2 s3\n\ns4 s5\n")
+    assert r.exit_code == 0
+    lines = r.stdout.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""

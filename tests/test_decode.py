@@ -1,0 +1,114 @@
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from encdec.data.vocab import BOS, EOS
+from encdec.decode import beam_search, greedy, length_penalty
+from encdec.model import Transformer
+
+from conftest import random_batch, tiny
+
+A, B_ = 4, 5  # the two real tokens of the scripted model (vocabulary of 6)
+
+# next-token probabilities given the tokens generated so far
+SCRIPT = {
+    (): {A: 0.6, B_: 0.4},
+    (A,): {EOS: 0.3, A: 0.45, B_: 0.25},
+    (B_,): {EOS: 0.9, A: 0.05, B_: 0.05},
+}
+
+
+@dataclass
+class ScriptCache:
+    history: torch.Tensor  # (B, t)
+
+    @property
+    def length(self):
+        return self.history.size(1)
+
+    def reorder(self, rows):
+        return ScriptCache(self.history.index_select(0, rows))
+
+
+class ScriptedModel:
+    """Hand-set probabilities: beam search must find exactly the hypotheses computed by hand."""
+
+    def start_decoding(self, src, src_mask):
+        return ScriptCache(torch.zeros(src.size(0), 0, dtype=torch.long))
+
+    def decode_step(self, tokens, cache):
+        hist = torch.cat([cache.history, tokens], 1)  # (B, t+1): BOS, y1, ..., yt
+        logits = torch.full((tokens.size(0), 1, 6), float("-inf"))
+        for r, h in enumerate(hist.tolist()):
+            for tok, p in SCRIPT.get(tuple(h[1:]), {EOS: 1.0}).items():
+                logits[r, 0, tok] = math.log(p)
+        return logits, ScriptCache(hist)
+
+
+def test_scripted_greedy():
+    src = torch.ones(1, 3, dtype=torch.long)
+    assert greedy(ScriptedModel(), src, src > 0) == [[A, A]]  # 0.6, then 0.45, then EOS
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_scripted_beam_search_returns_the_hand_computed_hypotheses(alpha):
+    src = torch.ones(2, 3, dtype=torch.long)  # two identical sentences: batching must not mix them
+    out = beam_search(ScriptedModel(), src, src > 0, beam=2, alpha=alpha, nbest=2)
+    # step 2 candidates: b EOS .36, a a .27, a EOS .18, a b .15: "b" finishes (top K), "a EOS" is
+    # 3rd (outside the top K = 2) so it never finishes; step 3: a a EOS .27 and a b EOS .15 finish,
+    # and the best two of the three finished are kept
+    lp_b = math.log(0.4) + math.log(0.9)
+    lp_aa = math.log(0.6) + math.log(0.45)
+    expected = [((B_,), lp_b / length_penalty(2, alpha), lp_b), ((A, A), lp_aa / length_penalty(3, alpha), lp_aa)]
+    for sentence in out:
+        assert [h.tokens for h in sentence] == [e[0] for e in expected]
+        for h, (_, score, logprob) in zip(sentence, expected):
+            assert h.score == pytest.approx(score, abs=1e-6)
+            assert h.logprob == pytest.approx(logprob, abs=1e-6)
+
+
+def test_length_penalty_values():
+    assert length_penalty(1, 0.6) == 1.0
+    assert length_penalty(7, 0.6) == pytest.approx(2.0**0.6)
+    assert length_penalty(9, 0.0) == 1.0
+
+
+@pytest.mark.parametrize("wiring", ["final", "layerwise", "mix", "dense"])
+def test_beam_one_equals_greedy(wiring):
+    torch.manual_seed(1)
+    model = Transformer(tiny(wiring=wiring)).eval()
+    batch = random_batch(seed=3)
+    g = greedy(model, batch.src, batch.src_mask, max_extra=6)
+    b = beam_search(model, batch.src, batch.src_mask, beam=1, alpha=0.0, max_extra=6)
+    assert [list(h[0].tokens) for h in b] == g
+
+
+@pytest.mark.parametrize("wiring", ["final", "dense"])
+def test_beam_hypotheses_score_what_the_model_says(wiring):
+    """Each returned logprob equals the model's own full-forward log-probability of that output."""
+    torch.manual_seed(2)
+    model = Transformer(tiny(wiring=wiring)).eval()
+    batch = random_batch(seed=4)
+    out = beam_search(model, batch.src, batch.src_mask, beam=3, alpha=0.6, max_extra=5, nbest=3)
+    for b, hyps in enumerate(out):
+        assert len(hyps) == 3 and hyps[0].score >= hyps[1].score >= hyps[2].score
+        for h in hyps:
+            seq = torch.tensor([[BOS, *h.tokens]])
+            keep = batch.src_mask[b : b + 1]
+            logp = torch.log_softmax(model(batch.src[b : b + 1], keep, seq).logits, -1)[0]  # (T, V)
+            target = [*h.tokens, EOS]
+            total = sum(logp[i, tok].item() for i, tok in enumerate(target))
+            assert h.logprob == pytest.approx(total, abs=1e-4)
+
+
+def test_outputs_stop_at_source_length_plus_max_extra():
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    batch = random_batch()
+    lengths = batch.src_mask.sum(1).tolist()
+    for hyp, n in zip(greedy(model, batch.src, batch.src_mask, max_extra=2), lengths):
+        assert len(hyp) <= n + 2
+    for hyps, n in zip(beam_search(model, batch.src, batch.src_mask, beam=2, max_extra=2), lengths):
+        assert len(hyps[0].tokens) <= n + 2

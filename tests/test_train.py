@@ -1,0 +1,76 @@
+import json
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from encdec.checkpoint import load_run
+from encdec.config import DataConfig, RunConfig, TrainConfig, preset
+from encdec.data import load_corpus
+from encdec.data.vocab import Vocab
+from encdec.runtime import Runtime
+from encdec.train import fit, translate_ids
+
+RT = Runtime.create("cpu", "fp32")
+
+
+def copy_config(tmp_path, **train) -> RunConfig:
+    base = dict(max_steps=20, max_tokens=512, lr=3e-3, warmup_steps=10, schedule="linear", eval_every=1000,
+                dev_bleu_sentences=0, log_every=1)
+    base.update(train)
+    return RunConfig(model=preset("tiny"), data=DataConfig(source="synthetic:copy", vocab_size=64,
+                                                           cache_dir=str(tmp_path / "cache")),
+                     train=TrainConfig(**base))
+
+
+def losses(run) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_twenty_steps_lower_the_loss(tmp_path):
+    fit(copy_config(tmp_path), tmp_path / "run", RT, log=lambda m: None, progress=False)
+    ls = losses(tmp_path / "run")
+    assert len(ls) == 20 and sum(ls[-5:]) / 5 < 0.8 * sum(ls[:5]) / 5
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=8)
+    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1))  # dropout: the RNG state must be restored too
+    fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    assert fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=3) == {"stopped_at": 3}
+    fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    a, b = load_run(tmp_path / "straight")[1], load_run(tmp_path / "resumed")[1]
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=4)
+    fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False, stop_after_steps=2)
+    other = replace(cfg, train=replace(cfg.train, lr=1e-4))
+    with pytest.raises(ValueError, match="train.lr"):
+        fit(other, tmp_path / "run", RT, log=lambda m: None, progress=False)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=2)
+    fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read weights"):
+        load_run(tmp_path / "run")
+
+
+def test_copy_task_is_learned_within_a_minute(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=100_000, max_minutes=0.75, max_tokens=1024, lr=4e-3, warmup_steps=50,
+                      log_every=50)
+    t0 = time.time()
+    fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
+    assert time.time() - t0 < 60
+    _, model = load_run(tmp_path / "run")
+    vocab = Vocab(tmp_path / "run" / "vocab.model")
+    test = load_corpus("synthetic:copy").test
+    hyps = translate_ids(model, vocab.encode([p.src for p in test]), RT)
+    exact = sum(vocab.decode(h) == p.tgt for h, p in zip(hyps, test)) / len(test)
+    assert exact >= 0.95, exact
