@@ -206,20 +206,26 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
 @app.command()
 def params(preset_name: str = typer.Argument(..., metavar="PRESET", help=f"One of: {', '.join(MODEL_PRESETS)}."),
            vocab_size: Optional[int] = typer.Option(None, help="Shared vocabulary size (default: the preset's)."),
+           wiring: Optional[str] = typer.Option(None, help="Cross-attention wiring: final | layerwise | mix | dense."),
+           src_len: int = typer.Option(30, help="Source length (tokens) for the cross-attention FLOPs."),
            set_: list[str] = typer.Option([], "--set", help="Model overrides, e.g. --set model.n_heads=16."),
            as_json: bool = typer.Option(False, "--json")):
-    """Parameter count of a preset with a breakdown (embeddings, encoder/decoder layers, norms)."""
-    from encdec.analysis.params import count
+    """Parameter count of a preset with a breakdown, and the cross-attention FLOPs of its wiring."""
+    from encdec.analysis.params import count, cross_attention_flops
 
     try:
         model = preset(preset_name)
         if vocab_size:
             model = replace(model, vocab_size=vocab_size)
         cfg = RunConfig(model=model, data=DataConfig(vocab_size=model.vocab_size), train=TrainConfig(max_steps=1))
-        cfg = apply_overrides(cfg, [s if s.startswith("model.") else f"model.{s}" for s in set_])
+        extra = [f"model.wiring={wiring}"] if wiring else []
+        cfg = apply_overrides(cfg, extra + [s if s.startswith("model.") else f"model.{s}" for s in set_])
+        if src_len < 1:
+            raise ValueError(f"--src-len={src_len} must be >= 1")
     except ValueError as e:
         _fail(str(e))
     result = count(cfg.model)
+    result["cross_attention_flops"] = {"src_len": src_len, **cross_attention_flops(cfg.model, src_len)}
     if as_json:
         print(json.dumps({"preset": preset_name, "config": cfg.model.__dict__, **result}, indent=2, default=str))
         return
@@ -232,6 +238,10 @@ def params(preset_name: str = typer.Argument(..., metavar="PRESET", help=f"One o
         table.add_row(name, f"{v:,}")
     table.add_row("[bold]total", f"[bold]{result['total']:,} ({result['total'] / 1e6:.1f}M)")
     Console().print(table)
+    fl = result["cross_attention_flops"]
+    print(f"cross-attention ({m.wiring}, source of {src_len} tokens, {fl['memory_positions']} memory positions): "
+          f"{fl['per_target_token'] / 1e6:.2f} MFLOP per target token, "
+          f"{fl['per_source_sentence'] / 1e6:.2f} MFLOP per source sentence (K/V once per layer)")
 
 
 def main() -> None:

@@ -221,6 +221,7 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "t": time.time()}
     steps_here = 0
     bar = _Bar(progress, tc)
+    board = _tensorboard(run)
     last: dict = {}
 
     def save_checkpoint() -> None:
@@ -246,10 +247,14 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
             ckpt.save_weights(model, run / "best.safetensors")
         record = {"step": state["step"], "elapsed": round(time.time() - t_start, 1), **ev}
         ckpt.append_metrics(run, record)
+        if board:
+            for k, v in ev.items():
+                board.add_scalar(f"dev/{k}", v, state["step"])
         last.update(record)
         log(f"step {state['step']}: dev ppl {ev['dev_ppl']:.2f}, dev BLEU {ev['dev_bleu']:.2f} "
             f"(best {state['best']:.2f} at {state['best_step']})")
         state["eval_s"] += time.time() - t_eval
+        window["t"] += time.time() - t_eval  # tokens/s counts training time only
         save_checkpoint()
 
     try:
@@ -282,6 +287,9 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                            "elapsed": round(time.time() - t_start, 1)}
                     ckpt.append_metrics(run, rec)
                     bar.update(prog, rec)
+                    if board:
+                        for k in ("loss", "lr", "tok_s"):
+                            board.add_scalar(f"train/{k}", rec[k], state["step"])
                     window = {"loss": 0.0, "tokens": 0, "steps": 0, "t": time.time()}
                 if state["step"] % tc.eval_every == 0:
                     do_eval()
@@ -312,6 +320,15 @@ def finish(cfg: RunConfig, run: Path, model: Transformer, data: Data, rt: Runtim
                "dev_score": chosen_score, **evaluate(final, data, rt)}
     ckpt.append_metrics(run, {"final": summary})
     return summary
+
+
+def _tensorboard(run: Path):
+    """A SummaryWriter into RUN/tensorboard when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -36,3 +36,25 @@ def count(cfg: ModelConfig) -> dict:
         "  layer norms ": n(dec.norm1) + n(dec.norm2) + n(dec.norm3),
     }
     return {"total": n(model), "parts": parts, "per_layer": per_layer}
+
+
+def cross_attention_flops(cfg: ModelConfig, src_len: int) -> dict:
+    """Forward FLOPs (2 per multiply-add) of all decoder layers' cross-attention.
+
+    per_target_token: query projection, scores over S' memory positions, weighted sum of values
+    and output projection, summed over decoder layers (S' = src_len, or N*src_len for dense).
+    per_source_sentence: what `start_decoding` does once per sentence: each layer's K/V
+    projection of its memory, plus building the memories (the `mix` weighted sums, `dense`
+    layer embeddings).
+    """
+    from encdec.wiring import memory_length_factor
+
+    D, inner, n_dec, n_enc = cfg.d_model, cfg.inner_dim, cfg.n_dec_layers, cfg.n_enc_layers
+    mem = src_len * memory_length_factor(cfg)
+    per_token = n_dec * (2 * D * inner + 2 * mem * inner + 2 * mem * inner + 2 * inner * D)
+    per_sentence = n_dec * 2 * mem * D * 2 * inner
+    if cfg.wiring == "mix":
+        per_sentence += n_dec * (n_enc + 1) * src_len * D * 2
+    if cfg.wiring == "dense":
+        per_sentence += n_enc * src_len * D
+    return {"memory_positions": mem, "per_target_token": per_token, "per_source_sentence": per_sentence}
