@@ -51,3 +51,30 @@ def test_translate_keeps_lines_one_for_one(tmp_path):
     assert r.exit_code == 0
     lines = r.stdout.split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "encdec", "train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", "100000",
+           "--out", str(out), "--no-evaluate", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+           "--set", "train.max_tokens=256", "--set", "train.log_every=5", "--set", "train.eval_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "checkpoint saved" in output and "Traceback" not in output
+    state_step = int(output.split("interrupted at step ")[1].split(";")[0])
+    assert state_step >= 5 and (out / "checkpoint" / "state.pt").exists()
+    resumed = subprocess.run([*cmd[:9], str(state_step + 3), *cmd[10:]], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {out} at step {state_step}" in resumed.stderr.replace("\n", "")

@@ -1,7 +1,6 @@
 import pytest
 
-from encdec.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, from_dict, preset,
-                           to_dict)
+from encdec.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, from_dict, preset, to_dict
 
 
 def test_head_dim_default_and_explicit():

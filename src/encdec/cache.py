@@ -33,7 +33,7 @@ class DecoderCache:
     def batch_size(self) -> int:
         return self.memory_mask.size(0)
 
-    def reorder(self, rows: Tensor) -> "DecoderCache":
+    def reorder(self, rows: Tensor) -> DecoderCache:
         """Select (and repeat) batch rows: row r of the result is row rows[r] of self."""
 
         def pick(t: Tensor) -> Tensor:

@@ -10,13 +10,12 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from encdec.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, preset, MODEL_PRESETS
+from encdec.config import MODEL_PRESETS, DataConfig, RunConfig, TrainConfig, apply_overrides, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="encdec: a lab for encoder-decoder Transformers (Vaswani et al. 2017) and their wiring.")
@@ -40,7 +39,7 @@ def _runtime(device: str, precision: str):
     return Runtime.create(device, precision)
 
 
-def build_config(preset_name: str, data: str, vocab_size: Optional[int], steps: int, minutes: float, epochs: int,
+def build_config(preset_name: str, data: str, vocab_size: int | None, steps: int, minutes: float, epochs: int,
                  overrides: list[str]) -> RunConfig:
     model = preset(preset_name)
     vs = vocab_size or (model.vocab_size if preset_name not in ("transformer-base", "transformer-big") else 8000)
@@ -57,7 +56,7 @@ def build_config(preset_name: str, data: str, vocab_size: Optional[int], steps: 
 @app.command()
 def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SRC,TGT | synthetic:copy|reverse|sort"),
          as_json: bool = typer.Option(False, "--json", help="Print machine-readable statistics."),
-         cache_dir: Optional[str] = typer.Option(None, help="Cache folder (default $ENCDEC_CACHE or ~/.cache/encdec).")):
+         cache_dir: str | None = typer.Option(None, help="Cache folder (default $ENCDEC_CACHE or ~/.cache/encdec).")):
     """Prepare a corpus (cached) and print per-split counts and length statistics."""
     from encdec.data import load_corpus
 
@@ -71,7 +70,8 @@ def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SR
         sw = [len(p.src.split()) for p in pairs]
         tw = [len(p.tgt.split()) for p in pairs]
         stats[split] = {"pairs": len(pairs), "src_words": sum(sw), "tgt_words": sum(tw),
-                        "src_mean_len": round(sum(sw) / max(len(sw), 1), 1), "tgt_mean_len": round(sum(tw) / max(len(tw), 1), 1),
+                        "src_mean_len": round(sum(sw) / max(len(sw), 1), 1),
+                        "tgt_mean_len": round(sum(tw) / max(len(tw), 1), 1),
                         "src_max_len": max(sw, default=0), "tgt_max_len": max(tw, default=0)}
     if as_json:
         print(json.dumps({"source": source, "splits": stats}, indent=2))
@@ -92,11 +92,12 @@ def train(
     minutes: float = typer.Option(0.0, help="Wall-clock training budget in minutes (0 = none)."),
     steps: int = typer.Option(0, help="Training budget in optimizer steps (0 = none)."),
     epochs: int = typer.Option(0, help="Training budget in epochs (0 = none)."),
-    vocab_size: Optional[int] = typer.Option(None, help="Joint vocabulary size (sets model and data)."),
+    vocab_size: int | None = typer.Option(None, help="Joint vocabulary size (sets model and data)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 (default: train.precision)."),
-    evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Score the test split (beam 4) at the end."),
+    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 (default: train.precision)."),
+    evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
+                                        help="Score the test split (beam 4) at the end."),
     beam: int = typer.Option(4, help="Beam size for the final test evaluation."),
 ):
     """Train a model; writes config, checkpoints, metrics and final weights to --out."""
@@ -112,7 +113,10 @@ def train(
         summary = fit(cfg, out, rt, log=_log, progress=sys.stderr.isatty())
     except Interrupted as e:
         console.print(f"[yellow]{e}[/]")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted before training started; nothing to save[/]")
+        raise typer.Exit(130) from None
     except ValueError as e:
         _fail(str(e))
     _log(f"training done: {json.dumps(summary)}")
@@ -128,7 +132,7 @@ def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `
     """Translate lines from stdin to stdout, one for one (an empty line gives an empty line)."""
     from encdec.checkpoint import load_run
     from encdec.data.vocab import Vocab
-    from encdec.train import translate_ids
+    from encdec.decode import translate_ids
 
     try:
         cfg, model = load_run(checkpoint)
@@ -140,7 +144,10 @@ def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `
     lines = sys.stdin.read().splitlines()
     ids = vocab.encode([line.strip() for line in lines])
     keep = [i for i, line in enumerate(lines) if line.strip()]
-    hyps = translate_ids(model, [ids[i] for i in keep], rt, beam=beam, alpha=alpha)
+    try:
+        hyps = translate_ids(model, [ids[i] for i in keep], rt, beam=beam, alpha=alpha)
+    except ValueError as e:
+        _fail(str(e))
     out = [""] * len(lines)
     for i, h in zip(keep, hyps):
         out[i] = vocab.decode(h)
@@ -161,8 +168,8 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
     from encdec.checkpoint import load_run
     from encdec.data import load_corpus
     from encdec.data.vocab import Vocab
+    from encdec.decode import translate_ids
     from encdec.metrics import bleu, chrf
-    from encdec.train import translate_ids
 
     try:
         cfg, model = load_run(checkpoint)
@@ -177,8 +184,11 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
     t0 = time.time()
     with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"translating {split} (beam {beam})", total=len(pairs))
-        hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
-                                on_batch=lambda n: bar.advance(task, n))
+        try:
+            hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
+                                    on_batch=lambda n: bar.advance(task, n))
+        except ValueError as e:
+            _fail(str(e))
     seconds = time.time() - t0
     hyps = [vocab.decode(h) for h in hyp_ids]
     hyp_file = checkpoint / f"hyps.{split}.beam{beam}.txt"
@@ -205,8 +215,8 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
 
 @app.command()
 def params(preset_name: str = typer.Argument(..., metavar="PRESET", help=f"One of: {', '.join(MODEL_PRESETS)}."),
-           vocab_size: Optional[int] = typer.Option(None, help="Shared vocabulary size (default: the preset's)."),
-           wiring: Optional[str] = typer.Option(None, help="Cross-attention wiring: final | layerwise | mix | dense."),
+           vocab_size: int | None = typer.Option(None, help="Shared vocabulary size (default: the preset's)."),
+           wiring: str | None = typer.Option(None, help="Cross-attention wiring: final | layerwise | mix | dense."),
            src_len: int = typer.Option(30, help="Source length (tokens) for the cross-attention FLOPs."),
            set_: list[str] = typer.Option([], "--set", help="Model overrides, e.g. --set model.n_heads=16."),
            as_json: bool = typer.Option(False, "--json")):

@@ -6,11 +6,13 @@ forcing end-of-sentence there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from encdec.data.batching import bucket, encode_sources
 from encdec.data.vocab import BOS, EOS, PAD
 
 
@@ -122,3 +124,24 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
         tokens = torch.tensor(toks, device=dev)[:, None]  # (B*K, 1)
         history = torch.cat([history.index_select(0, rows_t), tokens], dim=1)
     return [f[:nbest] for f in finished]
+
+
+def translate_ids(model, sources: list[list[int]], rt, *, beam: int = 1, alpha: float = 0.6,
+                  max_tokens: int = 6000, on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Decode source id lists in length-sorted batches; returns target ids in input order."""
+    model.eval()
+    out: list[list[int]] = [[] for _ in sources]
+    budget = max(64, max_tokens // max(beam, 1))
+    for idx in bucket([(len(s), len(s)) for s in sources], budget):
+        src, mask = encode_sources([sources[i] for i in idx])
+        src, mask = src.to(rt.device), mask.to(rt.device)
+        with rt.autocast():
+            if beam == 1:
+                hyps = greedy(model, src, mask)
+            else:
+                hyps = [list(h[0].tokens) for h in beam_search(model, src, mask, beam=beam, alpha=alpha)]
+        for i, h in zip(idx, hyps):
+            out[i] = h
+        if on_batch:
+            on_batch(len(idx))
+    return out

@@ -36,15 +36,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, causal: bool
     With need_weights the explicit softmax path runs and returns weights (B, H, Tq, Tk);
     otherwise the fused SDPA kernel runs and weights are None.
     """
+    tq, tk = q.size(2), k.size(2)
+    if not need_weights and causal and mask is None and tq == tk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
+    if causal and tq > 1:  # a single query at the end of the keys may see all of them
+        mask = _causal(tq, tk, q.device) if mask is None else mask & _causal(tq, tk, q.device)
     if not need_weights:
-        if causal and mask is None and q.size(2) == k.size(2):
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
-        if causal:
-            mask = _causal(q.size(2), k.size(2), q.device) if mask is None else mask & _causal(q.size(2), k.size(2), q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
-    if causal:
-        mask = _causal(q.size(2), k.size(2), q.device) if mask is None else mask & _causal(q.size(2), k.size(2), q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)

@@ -14,7 +14,8 @@ import torch
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512_BF16 or AMX)."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -26,7 +27,7 @@ class Runtime:
     amp_dtype: torch.dtype | None  # None = plain fp32
 
     @staticmethod
-    def create(device: str = "auto", precision: str = "auto") -> "Runtime":
+    def create(device: str = "auto", precision: str = "auto") -> Runtime:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:

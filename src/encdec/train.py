@@ -10,9 +10,9 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -22,7 +22,7 @@ from encdec.config import DataConfig, RunConfig, TrainConfig, load_json, to_dict
 from encdec.data import ParallelCorpus, corpus_dir, load_corpus
 from encdec.data.batching import Batch, bucket, collate, epoch_order, padding_fraction
 from encdec.data.vocab import PAD, Vocab, train_vocab
-from encdec.decode import greedy
+from encdec.decode import translate_ids
 from encdec.metrics import bleu, perplexity, sequence_loss
 from encdec.model import Transformer
 from encdec.runtime import Runtime, rng_state, seed_everything, set_rng_state
@@ -108,30 +108,6 @@ def dev_subset(n_dev: int, k: int, seed: int = 0) -> list[int]:
     if k <= 0 or n_dev == 0:
         return []
     return sorted(random.Random(seed).sample(range(n_dev), min(k, n_dev)))
-
-
-def translate_ids(model: Transformer, sources: list[list[int]], rt: Runtime, *, beam: int = 1, alpha: float = 0.6,
-                  max_tokens: int = 6000, on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Decode source id lists in length-sorted batches; returns target ids in input order."""
-    from encdec.data.batching import encode_sources
-    from encdec.decode import beam_search
-
-    model.eval()
-    out: list[list[int]] = [[] for _ in sources]
-    budget = max(64, max_tokens // max(beam, 1))
-    for idx in bucket([(len(s), len(s)) for s in sources], budget):
-        src, mask = encode_sources([sources[i] for i in idx])
-        src, mask = src.to(rt.device), mask.to(rt.device)
-        with rt.autocast():
-            if beam == 1:
-                hyps = greedy(model, src, mask)
-            else:
-                hyps = [list(h[0].tokens) for h in beam_search(model, src, mask, beam=beam, alpha=alpha)]
-        for i, h in zip(idx, hyps):
-            out[i] = h
-        if on_batch:
-            on_batch(len(idx))
-    return out
 
 
 def dev_bleu(model: Transformer, data: Data, rt: Runtime, subset: list[int]) -> float:
@@ -295,7 +271,8 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                     do_eval()
     except KeyboardInterrupt:
         save_checkpoint()
-        raise Interrupted(f"interrupted at step {state['step']}; checkpoint saved - rerun the same command to resume")
+        raise Interrupted(
+            f"interrupted at step {state['step']}; checkpoint saved - rerun the same command to resume") from None
     if last.get("step") != state["step"]:
         do_eval()
     return finish(cfg, run, model, data, rt, state, subset, log)
@@ -311,7 +288,8 @@ def finish(cfg: RunConfig, run: Path, model: Transformer, data: Data, rt: Runtim
     if cfg.train.average_last > 1 and len(state["snapshots"]) > 1:
         avg = _average_snapshots(model, [run / "snapshots" / s for s in state["snapshots"]])
         score = dev_bleu(avg, data, rt, subset) if subset else -evaluate(avg, data, rt)["dev_nll"]
-        log(f"average of the last {len(state['snapshots'])} snapshots: dev score {score:.2f} (best single {state['best']:.2f})")
+        log(f"average of the last {len(state['snapshots'])} snapshots: dev score {score:.2f} "
+            f"(best single {state['best']:.2f})")
         if score > chosen_score:
             chosen, chosen_score, final = f"average of last {len(state['snapshots'])}", score, avg
     ckpt.save_weights(final, run / "model.safetensors")

@@ -21,7 +21,7 @@ class Batch:
     def n_tokens(self) -> int:
         return int((self.tgt_out != PAD).sum())
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in (self.src, self.src_mask, self.tgt_in, self.tgt_out)))
 
 

@@ -194,7 +194,8 @@ class AlignCosts:
         return 0.5 * min(r * r, 16.0) - self.lexical_weight * hit
 
 
-def align_book(es: list[Verse], en: list[Verse], costs: AlignCosts, band: int = 14) -> list[tuple[list[Verse], list[Verse]]]:
+def align_book(es: list[Verse], en: list[Verse], costs: AlignCosts,
+               band: int = 14) -> list[tuple[list[Verse], list[Verse]]]:
     """Monotone alignment of one book's verses: links 1-1, 1-2, 2-1, or a skipped verse.
 
     Dynamic programming in a band around the diagonal; the cost of a link is a length term
@@ -295,7 +296,7 @@ def aligned_verses() -> list[tuple[list[Ref], list[Ref], str, str, str]]:
 def build(links: list | None = None) -> ParallelCorpus:
     """The corpus from `aligned_verses()` (or the given links): filtered, split, de-duplicated."""
     splits: dict[str, list[Pair]] = {"train": [], "dev": [], "test": []}
-    for es_refs, en_refs, src, tgt, kjv in links if links is not None else aligned_verses():
+    for _, en_refs, src, tgt, kjv in links if links is not None else aligned_verses():
         ns, nt = len(src.split()), len(tgt.split())
         if not ns or not nt or not 1 / 3 <= nt / ns <= 3:
             continue

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 
@@ -27,7 +27,10 @@ class Vocab:
         return self.sp.encode(texts)
 
     def decode(self, ids: list[int]) -> str:
-        return self.sp.decode([i for i in ids if i > EOS])
+        """Specials are dropped, and so are ids past the vocabulary: the model's embedding may be
+        larger than a small corpus's vocabulary, and an undertrained model can emit those rows."""
+        size = self.size
+        return self.sp.decode([i for i in ids if EOS < i < size])
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]

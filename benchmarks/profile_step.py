@@ -1,0 +1,57 @@
+"""Where one training step of the `small` preset spends its time on this CPU, and the GEMM ceiling.
+
+usage: .venv/bin/python benchmarks/profile_step.py
+Random tokens, a batch of 128 x 30 source / 32 target tokens, fp32, all cores.
+"""
+
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from encdec.config import preset
+from encdec.metrics import sequence_loss
+from encdec.model import Transformer
+
+
+def timed(fn, repeats: int) -> float:
+    for _ in range(2):
+        fn()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def main() -> None:
+    a, b = torch.randn(4096, 256), torch.randn(256, 1024)
+    dt = timed(lambda: a @ b, 20)
+    print(f"torch.mm 4096x256 @ 256x1024: {2 * 4096 * 256 * 1024 / dt / 1e9:.0f} GFLOP/s fp32")
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    dt = timed(lambda: a16 @ b16, 5)
+    print(f"torch.mm 4096x256 @ 256x1024: {2 * 4096 * 256 * 1024 / dt / 1e9:.0f} GFLOP/s bf16")
+
+    torch.manual_seed(0)
+    model = Transformer(preset("small"))
+    B, S, T = 128, 30, 32
+    src, tgt = torch.randint(4, 8000, (B, S)), torch.randint(4, 8000, (B, T))
+    mask = torch.ones(B, S, dtype=torch.bool)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        logits = model(src, mask, tgt).logits
+        loss, _, n = sequence_loss(logits, tgt, pad_id=0, smoothing=0.1)
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+
+    dt = timed(step, 5)
+    print(f"training step: {dt:.2f} s, {B * T / dt:.0f} target tokens/s")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
