@@ -194,9 +194,9 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
     tc = cfg.train
     order = epoch_order(len(data.train_batches), seed=tc.seed, epoch=state["epoch"])
     t_start = time.time() - state["elapsed"]
-    window = {"loss": 0.0, "tokens": 0, "steps": 0, "t": time.time()}
+    window = {"loss": 0.0, "tokens": 0, "t": time.time()}
     steps_here = 0
-    bar = _Bar(progress, tc)
+    bar = _Bar(progress)
     board = _tensorboard(run)
     last: dict = {}
 
@@ -255,7 +255,6 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                     order = epoch_order(len(data.train_batches), seed=tc.seed, epoch=state["epoch"])
                 window["loss"] += out["loss"] * out["tokens"]
                 window["tokens"] += out["tokens"]
-                window["steps"] += 1
                 if state["step"] % tc.log_every == 0:
                     dt = time.time() - window["t"]
                     rec = {"step": state["step"], "loss": window["loss"] / window["tokens"], "lr": lr,
@@ -266,7 +265,7 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                     if board:
                         for k in ("loss", "lr", "tok_s"):
                             board.add_scalar(f"train/{k}", rec[k], state["step"])
-                    window = {"loss": 0.0, "tokens": 0, "steps": 0, "t": time.time()}
+                    window = {"loss": 0.0, "tokens": 0, "t": time.time()}
                 if state["step"] % tc.eval_every == 0:
                     do_eval()
     except KeyboardInterrupt:
@@ -322,7 +321,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class _Bar:
     """A rich progress bar over the training budget (step, loss, lr, tokens/s, ETA)."""
 
-    def __init__(self, enabled: bool, cfg: TrainConfig):
+    def __init__(self, enabled: bool):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
