@@ -71,6 +71,7 @@ def test_mix_weights_are_a_distribution_per_decoder_layer():
     w = model.wiring.mix_weights()
     assert w.shape == (2, 4)
     torch.testing.assert_close(w.sum(-1), torch.ones(2))
+    torch.testing.assert_close(w, torch.full((2, 4), 0.25))  # starts as the uniform mix (not re-initialised)
 
 
 def test_pre_ln_states_are_normalised_like_z():

@@ -28,6 +28,11 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _show(table: Table) -> None:
+    """Print a table to stdout at full width even when stdout is a pipe or file."""
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
 def _log(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
 
@@ -81,7 +86,7 @@ def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SR
         table.add_column(col, justify="right")
     for split, s in stats.items():
         table.add_row(split, *(str(v) for v in s.values()))
-    Console().print(table)
+    _show(table)
 
 
 @app.command()
@@ -214,15 +219,40 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
 
 
 @app.command()
-def params(preset_name: str = typer.Argument(..., metavar="PRESET", help=f"One of: {', '.join(MODEL_PRESETS)}."),
+def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
+                                                    help=f"One of: {', '.join(MODEL_PRESETS)}; none: all of them."),
            vocab_size: int | None = typer.Option(None, help="Shared vocabulary size (default: the preset's)."),
            wiring: str | None = typer.Option(None, help="Cross-attention wiring: final | layerwise | mix | dense."),
            src_len: int = typer.Option(30, help="Source length (tokens) for the cross-attention FLOPs."),
            set_: list[str] = typer.Option([], "--set", help="Model overrides, e.g. --set model.n_heads=16."),
            as_json: bool = typer.Option(False, "--json")):
-    """Parameter count of a preset with a breakdown, and the cross-attention FLOPs of its wiring."""
-    from encdec.analysis.params import count, cross_attention_flops
+    """Parameter calculator: count a preset on the meta device (no memory), with a breakdown by
+    stack and by kind (embeddings / attention / FFN / norms), the published size where there is
+    one, and the cross-attention FLOPs of its wiring. Without PRESET: one line per preset."""
+    from encdec.analysis.params import PUBLISHED, count, cross_attention_flops
 
+    if preset_name is None:
+        rows = []
+        for name, m in MODEL_PRESETS.items():
+            c = count(m)
+            pub = PUBLISHED.get(name)
+            rows.append({"preset": name, "kind": m.kind, "total": c["total"], **c["kinds"],
+                         "published": pub[0] if pub else None, "source": pub[1] if pub else None,
+                         "deviation": c["total"] / pub[0] - 1 if pub else None})
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title="parameter counts (meta device) against the published sizes")
+        for col in ("preset", "kind", "total", "embeddings", "attention", "feed-forward", "norms", "other",
+                    "published", "deviation"):
+            table.add_column(col, justify="left" if col in ("preset", "kind") else "right")
+        for r in rows:
+            table.add_row(r["preset"], r["kind"], _millions(r["total"]),
+                          *(_millions(r[k]) for k in ("embeddings", "attention", "feed-forward", "norms", "other")),
+                          _millions(r["published"]) if r["published"] else "",
+                          f"{100 * r['deviation']:+.1f}%" if r["published"] else "")
+        _show(table)
+        return
     try:
         model = preset(preset_name)
         if vocab_size:
@@ -234,24 +264,39 @@ def params(preset_name: str = typer.Argument(..., metavar="PRESET", help=f"One o
             raise ValueError(f"--src-len={src_len} must be >= 1")
     except ValueError as e:
         _fail(str(e))
-    result = count(cfg.model)
-    result["cross_attention_flops"] = {"src_len": src_len, **cross_attention_flops(cfg.model, src_len)}
-    if as_json:
-        print(json.dumps({"preset": preset_name, "config": cfg.model.__dict__, **result}, indent=2, default=str))
-        return
     m = cfg.model
-    table = Table(title=f"{preset_name}: d_model {m.d_model}, {m.n_heads} heads x d_head {m.head_dim}, d_ff {m.d_ff}, "
-                        f"{m.n_enc_layers}+{m.n_dec_layers} layers, vocab {m.vocab_size}")
+    result = count(m)
+    pub = PUBLISHED.get(preset_name) if m == MODEL_PRESETS[preset_name] else None
+    if pub:
+        result["published"] = {"total": pub[0], "source": pub[1], "deviation": result["total"] / pub[0] - 1}
+    if m.kind == "encoder-decoder":
+        result["cross_attention_flops"] = {"src_len": src_len, **cross_attention_flops(m, src_len)}
+    if as_json:
+        print(json.dumps({"preset": preset_name, "config": m.__dict__, **result}, indent=2, default=str))
+        return
+    table = Table(title=f"{preset_name} ({m.kind}): d_model {m.d_model}, {m.n_heads} heads x d_head {m.head_dim}, "
+                        f"d_ff {m.d_ff}, {m.n_enc_layers}+{m.n_dec_layers} layers, vocab {m.vocab_size}")
     table.add_column("part")
     table.add_column("parameters", justify="right")
     for name, v in {**result["parts"], **result["per_layer"]}.items():
         table.add_row(name, f"{v:,}")
-    table.add_row("[bold]total", f"[bold]{result['total']:,} ({result['total'] / 1e6:.1f}M)")
-    Console().print(table)
-    fl = result["cross_attention_flops"]
-    print(f"cross-attention ({m.wiring}, source of {src_len} tokens, {fl['memory_positions']} memory positions): "
-          f"{fl['per_target_token'] / 1e6:.2f} MFLOP per target token, "
-          f"{fl['per_source_sentence'] / 1e6:.2f} MFLOP per source sentence (K/V once per layer)")
+    table.add_section()
+    for name, v in result["kinds"].items():
+        table.add_row(f"by kind: {name}", f"{v:,} ({100 * v / result['total']:.1f}%)")
+    table.add_section()
+    table.add_row("[bold]total", f"[bold]{result['total']:,} ({_millions(result['total'])})")
+    if pub:
+        table.add_row(f"published ({pub[1]})", f"{_millions(pub[0])} ({100 * result['published']['deviation']:+.1f}%)")
+    _show(table)
+    if "cross_attention_flops" in result:
+        fl = result["cross_attention_flops"]
+        print(f"cross-attention ({m.wiring}, source of {src_len} tokens, {fl['memory_positions']} memory positions): "
+              f"{fl['per_target_token'] / 1e6:.2f} MFLOP per target token, "
+              f"{fl['per_source_sentence'] / 1e6:.2f} MFLOP per source sentence (K/V once per layer)")
+
+
+def _millions(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,.0f}"
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 WIRINGS = ("final", "layerwise", "mix", "dense")
+POSITIONS = ("sinusoidal", "learned")
+ACTIVATIONS = ("relu", "gelu")
 NORMS = ("post", "pre")
 SCHEDULES = ("inverse_sqrt", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -28,6 +30,10 @@ class ModelConfig:
 
     `d_head` defaults to d_model // n_heads; setting it explicitly lets h * d_head differ from
     d_model (Table 3 row A varies h with d_k = d_v fixed per row).
+
+    One stack may be empty: n_dec_layers=0 builds an encoder-only model (BERT), n_enc_layers=0 a
+    decoder-only one without cross-attention (GPT). The fields after `layer_map` exist for those
+    models (`encdec params bert-base`); the defaults are the paper's.
     """
 
     vocab_size: int = 8000
@@ -43,15 +49,21 @@ class ModelConfig:
     max_len: int = 1024
     wiring: Literal["final", "layerwise", "mix", "dense"] = "final"
     layer_map: tuple[int, ...] | None = None  # layerwise only: encoder layer (1-based) read by each decoder layer
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # learned: a max_len x d_model table (BERT, GPT)
+    activation: Literal["relu", "gelu"] = "relu"  # of the feed-forward layer
+    n_segments: int = 0  # segment (token type) embeddings added to the input (BERT: 2)
+    embed_norm: bool = False  # LayerNorm on the summed input embeddings (BERT)
+    pooler: bool = False  # encoder-only: tanh(W h_0 + b) over the first position (BERT)
+    tie_output: bool = True  # the output projection is the embedding matrix; False adds a V x D matrix
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
-        if self.n_enc_layers < 1 or self.n_dec_layers < 1:
+        if self.n_enc_layers < 0 or self.n_dec_layers < 0 or self.n_enc_layers + self.n_dec_layers == 0:
             raise ValueError(
                 f"model.n_enc_layers={self.n_enc_layers}, model.n_dec_layers={self.n_dec_layers}: "
-                "both stacks need at least one layer"
+                "layer counts must be >= 0 and at least one stack needs layers"
             )
         if self.d_head is None and self.d_model % self.n_heads:
             raise ValueError(
@@ -67,6 +79,16 @@ class ModelConfig:
             raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
         if self.wiring not in WIRINGS:
             raise ValueError(f"model.wiring={self.wiring!r}; choose one of {WIRINGS}")
+        if self.wiring != "final" and self.kind != "encoder-decoder":
+            raise ValueError(f"model.wiring={self.wiring!r} needs both an encoder and a decoder ({self.kind} model)")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"model.positions={self.positions!r}; choose one of {POSITIONS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={self.activation!r}; choose one of {ACTIVATIONS}")
+        if self.n_segments < 0:
+            raise ValueError(f"model.n_segments={self.n_segments} must be >= 0")
+        if self.pooler and self.kind != "encoder":
+            raise ValueError("model.pooler=true is for encoder-only models (set model.n_dec_layers=0)")
         if self.layer_map is not None:
             if self.wiring != "layerwise":
                 raise ValueError(f"model.layer_map is only used with model.wiring=layerwise (got {self.wiring!r})")
@@ -81,6 +103,13 @@ class ModelConfig:
                     f"model.layer_map entries {bad} are out of range: "
                     f"encoder layers are numbered 1..{self.n_enc_layers}"
                 )
+
+    @property
+    def kind(self) -> str:
+        """encoder-decoder | encoder | decoder."""
+        if self.n_enc_layers and self.n_dec_layers:
+            return "encoder-decoder"
+        return "encoder" if self.n_enc_layers else "decoder"
 
     @property
     def head_dim(self) -> int:
@@ -191,6 +220,27 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # (docs/findings.md).
     "small": ModelConfig(
         vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, n_enc_layers=3, n_dec_layers=3, dropout=0.0
+    ),
+    # Famous models, for the parameter calculator (`encdec params`); the counts are checked against
+    # the published sizes in tests/test_params.py. BERT (Devlin et al. 2019): post-LN encoder, learned
+    # positions, 2 segments, embedding LayerNorm, GELU, pooler; the MLM/NSP heads are not counted.
+    "bert-base": ModelConfig(
+        vocab_size=30522, d_model=768, n_heads=12, d_ff=3072, n_enc_layers=12, n_dec_layers=0, max_len=512,
+        positions="learned", activation="gelu", n_segments=2, embed_norm=True, pooler=True,
+    ),
+    "bert-large": ModelConfig(
+        vocab_size=30522, d_model=1024, n_heads=16, d_ff=4096, n_enc_layers=24, n_dec_layers=0, max_len=512,
+        positions="learned", activation="gelu", n_segments=2, embed_norm=True, pooler=True,
+    ),
+    # GPT-2 XL (Radford et al. 2019) and GPT-3 175B (Brown et al. 2020): pre-LN decoder-only stacks
+    # with learned positions, GELU, a final LayerNorm and the output tied to the embedding.
+    "gpt2-xl": ModelConfig(
+        vocab_size=50257, d_model=1600, n_heads=25, d_ff=6400, n_enc_layers=0, n_dec_layers=48, max_len=1024,
+        norm="pre", positions="learned", activation="gelu",
+    ),
+    "gpt3": ModelConfig(
+        vocab_size=50257, d_model=12288, n_heads=96, d_ff=49152, n_enc_layers=0, n_dec_layers=96, max_len=2048,
+        norm="pre", positions="learned", activation="gelu",
     ),
     # Seconds-scale model for tests and synthetic tasks.
     "tiny": ModelConfig(vocab_size=64, d_model=64, n_heads=4, d_ff=128, n_enc_layers=2, n_dec_layers=2, dropout=0.0),

@@ -3,6 +3,12 @@
 Shapes: B batch, S source length, T target length, S' memory length (S, or N*S for dense
 wiring), D d_model, H heads, Dh head dim, I = H*Dh, F d_ff, V vocabulary, N encoder layers.
 Masks are boolean, True = may attend (STYLE C5); only `attend` turns them into scores.
+
+Head masks: every attention module has a `head_gate` buffer (None, or (H,) weights) that scales
+each head's context before the output projection; `Transformer.set_head_mask` fills them. A gate
+of 0 removes the head exactly (pruning, Michel et al. 2019), and a gate that requires grad gives
+the head importance |dL/dxi|. The gates are part of the model, so they act in training, full
+decoding, incremental decoding and beam search alike.
 """
 
 from __future__ import annotations
@@ -61,6 +67,11 @@ def _split_heads(x: Tensor, n_heads: int) -> Tensor:
     return x.view(B, T, n_heads, inner // n_heads).transpose(1, 2)  # (B, H, T, Dh)
 
 
+def _gate_heads(ctx: Tensor, gate: Tensor | None) -> Tensor:
+    """ctx (B, H, T, Dh) scaled per head by gate (H,), if any."""
+    return ctx if gate is None else ctx * gate.to(ctx.dtype)[None, :, None, None]
+
+
 def _merge_heads(x: Tensor) -> Tensor:
     B, H, T, Dh = x.shape
     return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, I)
@@ -74,6 +85,7 @@ class SelfAttention(nn.Module):
         self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.inner_dim)
         self.out = nn.Linear(cfg.inner_dim, cfg.d_model)
+        self.register_buffer("head_gate", None, persistent=False)  # (H,) or None; see the module docstring
 
     def forward(self, x: Tensor, mask: Tensor | None, *, causal: bool, past: tuple[Tensor, Tensor] | None = None,
                 need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -84,7 +96,7 @@ class SelfAttention(nn.Module):
             v = torch.cat([past[1], v], dim=2)
         p = self.attn_dropout if self.training else 0.0
         ctx, w = attend(q, k, v, mask, causal=causal, dropout=p, need_weights=need_weights)
-        return self.out(_merge_heads(ctx)), k, v, w
+        return self.out(_merge_heads(_gate_heads(ctx, self.head_gate))), k, v, w
 
 
 class CrossAttention(nn.Module):
@@ -96,6 +108,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(cfg.d_model, cfg.inner_dim)
         self.kv = nn.Linear(cfg.d_model, 2 * cfg.inner_dim)
         self.out = nn.Linear(cfg.inner_dim, cfg.d_model)
+        self.register_buffer("head_gate", None, persistent=False)  # (H,) or None
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory (B, S', D) -> k, v (B, H, S', Dh): done once per layer per source batch."""
@@ -108,19 +121,20 @@ class CrossAttention(nn.Module):
         q = _split_heads(self.q(y), self.n_heads)  # (B, H, T, Dh)
         p = self.attn_dropout if self.training else 0.0
         ctx, w = attend(q, k, v, memory_mask[:, None, None, :], causal=False, dropout=p, need_weights=need_weights)
-        return self.out(_merge_heads(ctx)), w
+        return self.out(_merge_heads(_gate_heads(ctx, self.head_gate))), w
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN(x) = max(0, x W1 + b1) W2 + b2 (paper eq. 2)."""
+    """Position-wise FFN(x) = max(0, x W1 + b1) W2 + b2 (paper eq. 2); GELU instead of max(0, .) for BERT/GPT."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.w1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.w2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.act = F.gelu if cfg.activation == "gelu" else F.relu
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.relu(self.w1(x)))
+        return self.w2(self.act(self.w1(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -150,26 +164,30 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.pre = cfg.norm == "pre"
         self.self_attn = SelfAttention(cfg)
-        self.cross_attn = CrossAttention(cfg)
         self.ffn = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
         self.norm3 = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        # decoder-only models (GPT) have no cross-attention sublayer
+        self.cross_attn = CrossAttention(cfg) if cfg.n_enc_layers else None
+        self.norm2 = nn.LayerNorm(cfg.d_model) if cfg.n_enc_layers else None
 
-    def forward(self, y: Tensor, cross_k: Tensor, cross_v: Tensor, memory_mask: Tensor,
+    def forward(self, y: Tensor, cross_k: Tensor | None, cross_v: Tensor | None, memory_mask: Tensor | None,
                 past: tuple[Tensor, Tensor] | None, need_weights: bool):
         """y (B, T, D) -> (y, self k, self v (B, H, t+T, Dh), self weights, cross weights)."""
+        wc = None
         if self.pre:
             a, k, v, ws = self.self_attn(self.norm1(y), None, causal=True, past=past, need_weights=need_weights)
             y = y + self.drop(a)
-            c, wc = self.cross_attn(self.norm2(y), cross_k, cross_v, memory_mask, need_weights)
-            y = y + self.drop(c)
+            if self.cross_attn is not None:
+                c, wc = self.cross_attn(self.norm2(y), cross_k, cross_v, memory_mask, need_weights)
+                y = y + self.drop(c)
             return y + self.drop(self.ffn(self.norm3(y))), k, v, ws, wc
         a, k, v, ws = self.self_attn(y, None, causal=True, past=past, need_weights=need_weights)
         y = self.norm1(y + self.drop(a))
-        c, wc = self.cross_attn(y, cross_k, cross_v, memory_mask, need_weights)
-        y = self.norm2(y + self.drop(c))
+        if self.cross_attn is not None:
+            c, wc = self.cross_attn(y, cross_k, cross_v, memory_mask, need_weights)
+            y = self.norm2(y + self.drop(c))
         return self.norm3(y + self.drop(self.ffn(y))), k, v, ws, wc
 
 
@@ -184,45 +202,88 @@ def sinusoids(length: int, d_model: int) -> Tensor:
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder Transformer with a shared source/target/output embedding."""
+    """Encoder-decoder Transformer with a shared source/target/output embedding.
+
+    With n_dec_layers=0 it is an encoder-only stack (`encode`, `pool`), with n_enc_layers=0 a
+    decoder-only language model (`forward(None, None, tokens)`); those exist for the parameter
+    calculator and its tests. Training, decoding and analysis need both stacks.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.register_buffer("pos", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
+        if cfg.positions == "learned":
+            self.pos_embed = nn.Embedding(cfg.max_len, cfg.d_model)
+        else:
+            self.register_buffer("pos", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
+        self.segment_embed = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments else None
+        self.embed_norm = nn.LayerNorm(cfg.d_model) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_enc_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_dec_layers))
         self.wiring = Wiring(cfg)
         # pre-LN stacks end un-normalised; post-LN outputs are already normalised
-        self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
-        self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        pre = cfg.norm == "pre"
+        self.enc_norm = nn.LayerNorm(cfg.d_model) if pre and cfg.n_enc_layers else nn.Identity()
+        self.dec_norm = nn.LayerNorm(cfg.d_model) if pre and cfg.n_dec_layers else nn.Identity()
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
+        untied = cfg.n_dec_layers and not cfg.tie_output
+        self.out_proj = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if untied else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() == 2 and p is not self.embed.weight and p is not getattr(self.wiring, "layer_emb", None):
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and not name.startswith(("embed.", "wiring.")):  # wiring inits its own
                 nn.init.xavier_uniform_(p)
         # std D^-0.5, so the sqrt(D)-scaled embedding has unit scale (and the tied output layer stays small)
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)
 
-    def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        """tokens (B, T) -> (B, T, D): sqrt(D)-scaled embedding + sinusoid at positions offset.."""
+    def set_head_mask(self, mask: dict[str, Tensor] | None) -> None:
+        """Gate heads: mask["enc"] (n_enc, H), mask["dec"] (n_dec, H), mask["cross"] (n_dec, H).
+
+        Missing keys and mask=None leave those heads ungated (1). Rows are used as given, so a
+        tensor that requires grad collects dL/dgate (head importance).
+        """
+        mask = mask or {}
+        unknown = set(mask) - {"enc", "dec", "cross"}
+        if unknown:
+            raise ValueError(f"head mask keys {sorted(unknown)}; use enc, dec, cross")
+        groups = {"enc": [layer.self_attn for layer in self.encoder],
+                  "dec": [layer.self_attn for layer in self.decoder],
+                  "cross": [layer.cross_attn for layer in self.decoder if layer.cross_attn is not None]}
+        for key, modules in groups.items():
+            m = mask.get(key)
+            if m is not None and tuple(m.shape) != (len(modules), self.cfg.n_heads):
+                raise ValueError(f"head mask {key!r} has shape {tuple(m.shape)}; "
+                                 f"expected ({len(modules)}, {self.cfg.n_heads})")
+            for i, module in enumerate(modules):
+                module.head_gate = None if m is None else m[i]
+
+    def _embed(self, tokens: Tensor, offset: int = 0, segments: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> (B, T, D): sqrt(D)-scaled embedding + position offset.. (+ segment)."""
         T = tokens.size(1)
         if offset + T > self.cfg.max_len:
             raise ValueError(f"sequence of length {offset + T} exceeds model.max_len={self.cfg.max_len}")
-        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos[offset : offset + T].to(self.embed.weight.dtype)
+        pos = self.pos_embed.weight if self.cfg.positions == "learned" else self.pos
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + pos[offset : offset + T].to(self.embed.weight.dtype)
+        if self.segment_embed is not None:
+            x = x + self.segment_embed(torch.zeros_like(tokens) if segments is None else segments)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         return self.drop(x)
 
-    def encode(self, src: Tensor, src_mask: Tensor, need_weights: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+    def encode(self, src: Tensor, src_mask: Tensor, need_weights: bool = False,
+               segments: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """src (B, S) ids, src_mask (B, S) -> (states[0..N] each (B, S, D), self-attention weights).
 
         states[N] is the encoder output Z. Under pre-LN each state is returned through the final
         encoder LayerNorm, so every state a wiring scheme may read is normalised like Z.
         """
+        if not self.encoder:
+            raise ValueError("this model has no encoder (model.n_enc_layers=0)")
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
-        x = self._embed(src)
+        x = self._embed(src, segments=segments)
         states, weights = [x], []
         for layer in self.encoder:
             x, w = layer(x, mask, need_weights)
@@ -232,22 +293,38 @@ class Transformer(nn.Module):
             states = [self.enc_norm(s) for s in states]
         return states, weights
 
-    def logits(self, y: Tensor) -> Tensor:
-        """Decoder output (B, T, D) -> (B, T, V) through the tied embedding matrix."""
-        return self.dec_norm(y) @ self.embed.weight.t()
+    def pool(self, z: Tensor) -> Tensor:
+        """BERT's pooler: encoder output (B, S, D) -> tanh(W z[:, 0] + b) (B, D)."""
+        if self.pooler is None:
+            raise ValueError("this model has no pooler (model.pooler=false)")
+        return torch.tanh(self.pooler(z[:, 0]))
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, return_attn: bool = False) -> ModelOutput:
+    def logits(self, y: Tensor) -> Tensor:
+        """Decoder output (B, T, D) -> (B, T, V) through the tied embedding matrix (or out_proj)."""
+        y = self.dec_norm(y)
+        return self.out_proj(y) if self.out_proj is not None else y @ self.embed.weight.t()
+
+    def forward(self, src: Tensor | None, src_mask: Tensor | None, tgt_in: Tensor,
+                return_attn: bool = False) -> ModelOutput:
         """src (B, S), src_mask (B, S) bool, tgt_in (B, T) -> ModelOutput with logits (B, T, V).
 
         Target padding needs no mask: it sits at the end and the causal mask hides it from
         every earlier position; the loss ignores the padded positions themselves.
+        A decoder-only model takes src = src_mask = None.
         """
-        states, enc_w = self.encode(src, src_mask, return_attn)
-        memories, memory_mask = self.wiring(states, src_mask)
+        if not self.decoder:
+            raise ValueError("this model has no decoder (model.n_dec_layers=0); use encode()")
+        enc_w = []
+        if self.encoder:
+            states, enc_w = self.encode(src, src_mask, return_attn)
+            memories, memory_mask = self.wiring(states, src_mask)
+        else:
+            memories, memory_mask = [None] * len(self.decoder), None
         y = self._embed(tgt_in)
         self_w, cross_w = [], []
         for layer, memory in zip(self.decoder, memories):
-            k, v = layer.cross_attn.project_memory(memory)  # each layer has its own W_K, W_V
+            # each layer has its own W_K, W_V
+            k, v = layer.cross_attn.project_memory(memory) if memory is not None else (None, None)
             y, _, _, ws, wc = layer(y, k, v, memory_mask, None, return_attn)
             self_w.append(ws)
             cross_w.append(wc)
@@ -259,6 +336,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def start_decoding(self, src: Tensor, src_mask: Tensor) -> DecoderCache:
         """Run the encoder once and project each decoder layer's memory to cross K/V once."""
+        if self.cfg.kind != "encoder-decoder":
+            raise ValueError(f"decoding needs an encoder-decoder model, not a {self.cfg.kind}-only one")
         states, _ = self.encode(src, src_mask)
         memories, memory_mask = self.wiring(states, src_mask)
         B, H = src.size(0), self.cfg.n_heads

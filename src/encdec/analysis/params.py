@@ -3,39 +3,67 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from encdec.config import ModelConfig
-from encdec.model import Transformer
+from encdec.model import CrossAttention, FeedForward, SelfAttention, Transformer
+
+
+# Published sizes, for the calculator's comparison column and tests/test_params.py.
+PUBLISHED = {
+    "transformer-base": (65e6, "Vaswani et al. 2017, Table 3"),
+    "transformer-big": (213e6, "Vaswani et al. 2017, Table 3"),
+    "bert-base": (110e6, "Devlin et al. 2019"),
+    "bert-large": (340e6, "Devlin et al. 2019"),
+    "gpt2-xl": (1542e6, "Radford et al. 2019, Table 2 (the '1.5B' model)"),
+    "gpt3": (175e9, "Brown et al. 2020"),
+}
 
 
 def count(cfg: ModelConfig) -> dict:
-    """Total and per-part parameter counts of the model `cfg` describes."""
+    """Total and per-part parameter counts of the model `cfg` describes.
+
+    `parts` splits the model by stack, `kinds` by what the parameters do (embeddings, attention,
+    feed-forward, norms, other) and `per_layer` gives one layer of each stack; each of `parts`
+    and `kinds` sums to `total`.
+    """
     with torch.device("meta"):
         model = Transformer(cfg)
 
-    def n(module: torch.nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
+    def n(module: torch.nn.Module | None) -> int:
+        return 0 if module is None else sum(p.numel() for p in module.parameters())
 
-    enc, dec = model.encoder[0], model.decoder[0]
     parts = {
-        "embeddings (shared src/tgt/output)": n(model.embed),
+        "embeddings": n(model.embed) + n(getattr(model, "pos_embed", None)) + n(model.segment_embed)
+        + n(model.embed_norm),
         f"encoder ({cfg.n_enc_layers} layers)": n(model.encoder),
         f"decoder ({cfg.n_dec_layers} layers)": n(model.decoder),
         "final norms": n(model.enc_norm) + n(model.dec_norm),
         f"wiring ({cfg.wiring})": n(model.wiring),
+        "pooler": n(model.pooler),
+        "output projection (untied)": n(model.out_proj),
     }
-    per_layer = {
-        "encoder layer": n(enc),
-        "  self-attention": n(enc.self_attn),
-        "  feed-forward": n(enc.ffn),
-        "  layer norms": n(enc.norm1) + n(enc.norm2),
-        "decoder layer": n(dec),
-        "  self-attention ": n(dec.self_attn),
-        "  cross-attention": n(dec.cross_attn),
-        "  feed-forward ": n(dec.ffn),
-        "  layer norms ": n(dec.norm1) + n(dec.norm2) + n(dec.norm3),
-    }
-    return {"total": n(model), "parts": parts, "per_layer": per_layer}
+    kinds = {"embeddings": parts["embeddings"], "attention": 0, "feed-forward": 0, "norms": 0, "other": 0}
+    for module in model.modules():
+        if isinstance(module, SelfAttention | CrossAttention):
+            kinds["attention"] += n(module)
+        elif isinstance(module, FeedForward):
+            kinds["feed-forward"] += n(module)
+        elif isinstance(module, nn.LayerNorm) and module is not model.embed_norm:
+            kinds["norms"] += n(module)
+    kinds["other"] = n(model) - sum(kinds.values())  # wiring, pooler, untied output projection
+    per_layer = {}
+    if model.encoder:
+        enc = model.encoder[0]
+        per_layer.update({"encoder layer": n(enc), "  self-attention": n(enc.self_attn), "  feed-forward": n(enc.ffn),
+                          "  layer norms": n(enc.norm1) + n(enc.norm2)})
+    if model.decoder:
+        dec = model.decoder[0]
+        per_layer.update({"decoder layer": n(dec), "  self-attention ": n(dec.self_attn),
+                          "  cross-attention": n(dec.cross_attn), "  feed-forward ": n(dec.ffn),
+                          "  layer norms ": n(dec.norm1) + n(dec.norm2) + n(dec.norm3)})
+    return {"total": n(model), "parts": {k: v for k, v in parts.items() if v or "layers" in k},
+            "kinds": kinds, "per_layer": per_layer}
 
 
 def cross_attention_flops(cfg: ModelConfig, src_len: int) -> dict:
