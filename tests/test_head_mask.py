@@ -5,9 +5,9 @@ import torch
 
 from encdec.decode import beam_search, greedy
 from encdec.model import Transformer
+from test_model import WIRINGS, incremental_logits
 
 from conftest import random_batch, tiny
-from test_model import WIRINGS, incremental_logits
 
 
 def _ones(model):

@@ -8,7 +8,6 @@ from torch import nn
 from encdec.config import ModelConfig
 from encdec.model import CrossAttention, FeedForward, SelfAttention, Transformer
 
-
 # Published sizes, for the calculator's comparison column and tests/test_params.py.
 PUBLISHED = {
     "transformer-base": (65e6, "Vaswani et al. 2017, Table 3"),
