@@ -20,6 +20,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt_install "${missing[@]}"
 fi
+# the attention viewer's test drives a real browser; without one that test skips and says why
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (for the attention viewer test)"
+  apt_install chromium || echo "setup: chromium could not be installed; tests/test_attention_viewer.py will skip"
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; rm -rf .venv; python3 -m venv .venv; }

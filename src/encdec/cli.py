@@ -12,36 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from encdec.analysis.commands import analyze
 from encdec.config import MODEL_PRESETS, DataConfig, RunConfig, TrainConfig, apply_overrides, preset
+from encdec.ui import console, fail, log, runtime, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="encdec: a lab for encoder-decoder Transformers (Vaswani et al. 2017) and their wiring.")
-console = Console(stderr=True, soft_wrap=True)
+app.add_typer(analyze, name="analyze")
 SET_HELP = "Override any config field, e.g. --set train.lr=3e-4 --set model.wiring=layerwise (repeatable)."
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _show(table: Table) -> None:
-    """Print a table to stdout at full width even when stdout is a pipe or file."""
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
-
-
-def _log(msg: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
-
-
-def _runtime(device: str, precision: str):
-    from encdec.runtime import Runtime, configure_threads
-
-    configure_threads()
-    return Runtime.create(device, precision)
 
 
 def build_config(preset_name: str, data: str, vocab_size: int | None, steps: int, minutes: float, epochs: int,
@@ -66,9 +46,9 @@ def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SR
     from encdec.data import load_corpus
 
     try:
-        corpus = load_corpus(source, cache_dir, log=_log)
+        corpus = load_corpus(source, cache_dir, log=log)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     stats = {}
     for split in ("train", "dev", "test"):
         pairs = corpus.split(split)
@@ -86,7 +66,7 @@ def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SR
         table.add_column(col, justify="right")
     for split, s in stats.items():
         table.add_row(split, *(str(v) for v in s.values()))
-    _show(table)
+    show(table)
 
 
 @app.command()
@@ -114,8 +94,8 @@ def train(
         cfg = build_config(preset_name, data, vocab_size, steps, minutes, epochs, list(set_))
         if precision:
             cfg = replace(cfg, train=replace(cfg.train, precision=precision))
-        rt = _runtime(device, cfg.train.precision)
-        summary = fit(cfg, out, rt, log=_log, progress=sys.stderr.isatty())
+        rt = runtime(device, cfg.train.precision)
+        summary = fit(cfg, out, rt, log=log, progress=sys.stderr.isatty())
     except Interrupted as e:
         console.print(f"[yellow]{e}[/]")
         raise typer.Exit(130) from None
@@ -123,8 +103,8 @@ def train(
         console.print("[yellow]interrupted before training started; nothing to save[/]")
         raise typer.Exit(130) from None
     except ValueError as e:
-        _fail(str(e))
-    _log(f"training done: {json.dumps(summary)}")
+        fail(str(e))
+    log(f"training done: {json.dumps(summary)}")
     if evaluate_after:
         evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=0)
 
@@ -142,9 +122,9 @@ def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `
     try:
         cfg, model = load_run(checkpoint)
         vocab = Vocab(checkpoint / "vocab.model")
-        rt = _runtime(device, cfg.train.precision)
+        rt = runtime(device, cfg.train.precision)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     model.to(rt.device)
     lines = sys.stdin.read().splitlines()
     ids = vocab.encode([line.strip() for line in lines])
@@ -152,7 +132,7 @@ def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `
     try:
         hyps = translate_ids(model, [ids[i] for i in keep], rt, beam=beam, alpha=alpha)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     out = [""] * len(lines)
     for i, h in zip(keep, hyps):
         out[i] = vocab.decode(h)
@@ -179,10 +159,10 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
     try:
         cfg, model = load_run(checkpoint)
         vocab = Vocab(checkpoint / "vocab.model")
-        rt = _runtime(device, cfg.train.precision)
-        pairs = load_corpus(cfg.data.source, cfg.data.cache_dir, log=_log).split(split)
+        rt = runtime(device, cfg.train.precision)
+        pairs = load_corpus(cfg.data.source, cfg.data.cache_dir, log=log).split(split)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if limit > 0:
         pairs = pairs[:limit]
     model.to(rt.device)
@@ -193,7 +173,7 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
             hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
                                     on_batch=lambda n: bar.advance(task, n))
         except ValueError as e:
-            _fail(str(e))
+            fail(str(e))
     seconds = time.time() - t0
     hyps = [vocab.decode(h) for h in hyp_ids]
     hyp_file = checkpoint / f"hyps.{split}.beam{beam}.txt"
@@ -251,7 +231,7 @@ def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
                           *(_millions(r[k]) for k in ("embeddings", "attention", "feed-forward", "norms", "other")),
                           _millions(r["published"]) if r["published"] else "",
                           f"{100 * r['deviation']:+.1f}%" if r["published"] else "")
-        _show(table)
+        show(table)
         return
     try:
         model = preset(preset_name)
@@ -263,7 +243,7 @@ def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
         if src_len < 1:
             raise ValueError(f"--src-len={src_len} must be >= 1")
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     m = cfg.model
     result = count(m)
     pub = PUBLISHED.get(preset_name) if m == MODEL_PRESETS[preset_name] else None
@@ -287,7 +267,7 @@ def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
     table.add_row("[bold]total", f"[bold]{result['total']:,} ({_millions(result['total'])})")
     if pub:
         table.add_row(f"published ({pub[1]})", f"{_millions(pub[0])} ({100 * result['published']['deviation']:+.1f}%)")
-    _show(table)
+    show(table)
     if "cross_attention_flops" in result:
         fl = result["cross_attention_flops"]
         print(f"cross-attention ({m.wiring}, source of {src_len} tokens, {fl['memory_positions']} memory positions): "

@@ -1,0 +1,352 @@
+"""`encdec analyze KIND`: look inside a trained run. Each writes files to --out and prints a summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from encdec.ui import console, fail, log, runtime, show
+
+analyze = typer.Typer(no_args_is_help=True, help="Attention maps, head roles, head pruning, gradient flow, latency, "
+                                                 "wiring weights of a trained run (see docs/findings.md).")
+
+CHECKPOINT = typer.Option(..., "--checkpoint", help="Run folder written by `encdec train`.")
+DEVICE = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")
+WEIGHTS = typer.Option("model.safetensors", help="Weights file in the run folder (model.safetensors = the final "
+                                                "choice of `train`; best.safetensors = best dev checkpoint).")
+
+
+def _load(checkpoint: Path, device: str, weights: str):
+    """(cfg, model on device, vocab, runtime) of a run, or a clear error."""
+    from encdec.checkpoint import load_run
+    from encdec.data.vocab import Vocab
+
+    try:
+        cfg, model = load_run(checkpoint, weights=weights)
+        vocab = Vocab(checkpoint / "vocab.model")
+        rt = runtime(device, cfg.train.precision)
+    except ValueError as e:
+        fail(str(e))
+    return cfg, model.to(rt.device).eval(), vocab, rt
+
+
+def _split_pairs(cfg, vocab, split: str, n: int, seed: int = 0) -> tuple[list, list]:
+    """Encoded (src, tgt) pairs of a fixed random subset of `split` (n <= 0: all) and the raw pairs."""
+    from encdec.data import load_corpus
+
+    try:
+        raw = load_corpus(cfg.data.source, cfg.data.cache_dir, log=log).split(split)
+    except ValueError as e:
+        fail(str(e))
+    if 0 < n < len(raw):
+        raw = [raw[i] for i in sorted(random.Random(seed).sample(range(len(raw)), n))]
+    pairs = list(zip(vocab.encode([p.src for p in raw]), vocab.encode([p.tgt for p in raw])))
+    return pairs, raw
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _table(title: str, rows: list[dict], cols: list[str], fmt: str = "{:.3f}") -> Table:
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*(fmt.format(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols))
+    return t
+
+
+@analyze.command()
+def attention(checkpoint: Path = CHECKPOINT,
+              out: Path = typer.Option(Path("runs/analysis/attention"), help="Output folder."),
+              text: str | None = typer.Option(None, help="Source sentence (default: test example --index)."),
+              target: str | None = typer.Option(None, help="Target to force (default: the model's greedy output)."),
+              index: int = typer.Option(0, help="Test example to show when --text is not given."),
+              max_heads: int = typer.Option(16, help="At most this many heads per PNG row."),
+              device: str = DEVICE, weights: str = WEIGHTS):
+    """Attention maps of one sentence: PNG grids and an offline HTML viewer.
+
+    Writes enc.png, dec.png and cross.png (rows: layers, columns: heads, subword tick labels) and
+    attention.html, a self-contained page to browse attention kind, layer and head."""
+    from encdec.analysis.attention import KINDS, collect, encode_pair, plot_grid, write_html
+
+    cfg, model, vocab, rt = _load(checkpoint, device, weights)
+    if text is None:
+        pairs, raw = _split_pairs(cfg, vocab, "test", 0)
+        if not 0 <= index < len(raw):
+            fail(f"--index={index} is out of range: the test split has {len(raw)} sentences")
+        text = raw[index].src
+        console.print(f"test example {index}: reference: {raw[index].tgt}")
+    src_ids, tgt_ids = encode_pair(vocab, text, target)
+    if len(src_ids) + 1 > cfg.model.max_len:
+        fail(f"the sentence has {len(src_ids)} pieces; the model takes at most {cfg.model.max_len - 1}")
+    maps = collect(model, vocab.pieces, src_ids, tgt_ids)
+    files = [plot_grid(maps, kind, out / f"{kind}.png", max_heads=max_heads) for kind in KINDS]
+    files.append(write_html(maps, out / "attention.html", title=f"{checkpoint.name}: {text[:80]}"))
+    print(f"source:      {text}")
+    print(f"translation: {vocab.decode(maps.tgt_ids)}")
+    for f in files:
+        print(f"wrote {f}")
+
+
+@analyze.command()
+def heads(checkpoint: Path = CHECKPOINT,
+          out: Path = typer.Option(Path("runs/analysis/heads"), help="Output folder."),
+          sentences: int = typer.Option(500, help="Dev sentences to average over (0 = all)."),
+          device: str = DEVICE, weights: str = WEIGHTS):
+    """Per-head statistics over dev data and a role per head.
+
+    Entropy, previous/same/next-token share, punctuation and </s> share, cross-attention
+    diagonality; roles by the thresholds in encdec/analysis/heads.py. Writes heads.csv, heads.md
+    and a heat map per attention kind."""
+    from encdec.analysis import heads as H
+    from encdec.analysis.plots import head_stats
+
+    cfg, model, vocab, rt = _load(checkpoint, device, weights)
+    pairs, _ = _split_pairs(cfg, vocab, "dev", sentences)
+    t0 = time.time()
+    stats = H.measure(model, pairs, H.punctuation_ids(vocab.pieces(list(range(vocab.size)))), rt)
+    rows = H.table(stats)
+    _write_rows(rows, out / "heads.csv")
+    names = {"enc": "encoder self-attention", "dec": "decoder self-attention", "cross": "cross-attention"}
+    md = [f"# Head statistics: {checkpoint} ({len(pairs)} dev sentences)\n", H.__doc__.split("Roles")[0].strip(), ""]
+    for kind, name in names.items():
+        head_stats(rows, kind, f"{name}: {checkpoint.name}, {len(pairs)} dev sentences", out / f"heads_{kind}.png")
+        cols = ["layer", "head", "norm_entropy", "prev", "same", "next", "punct", "eos", "role"] if kind != "cross" \
+            else ["layer", "head", "norm_entropy", "diagonal", "punct", "eos", "role"]
+        kr = [r for r in rows if r["kind"] == kind]
+        show(_table(name, kr, cols, "{:.2f}"))
+        md += [f"## {name}\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
+               for r in kr]
+        counts: dict[str, int] = {}
+        for r in kr:
+            counts[r["role"]] = counts.get(r["role"], 0) + 1
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        md.append(f"\nRoles: {summary}.\n")
+        print(f"{name}: {summary}")
+    (out / "heads.md").write_text("\n".join(md) + "\n")
+    log(f"{len(pairs)} dev sentences in {time.time() - t0:.0f} s; wrote {out}/heads.csv, heads.md, heads_*.png")
+
+
+@analyze.command()
+def prune(checkpoint: Path = CHECKPOINT,
+          out: Path = typer.Option(Path("runs/analysis/prune"), help="Output folder."),
+          sentences: int = typer.Option(300, help="Dev sentences scored with BLEU at each pruning level."),
+          importance_sentences: int = typer.Option(0, help="Dev sentences for head importance (0 = all)."),
+          steps: int = typer.Option(10, help="Pruning levels per attention kind (0%, 1/steps, ..., 100%)."),
+          beam: int = typer.Option(1, help="Beam size for the BLEU scoring (1 = greedy)."),
+          tolerance: float = typer.Option(0.5, help="BLEU drop that counts as 'no loss' in the summary."),
+          device: str = DEVICE, weights: str = WEIGHTS):
+    """Head importance and dev BLEU as heads are pruned.
+
+    Importance as in Michel et al. 2019 (mean |dL/d gate| on dev data); heads are pruned least
+    important first within each attention kind; also 'keep only the best head per layer'. Writes
+    importance.json, prune.csv, prune.png and summary.json."""
+    from encdec.analysis import prune as P
+    from encdec.analysis.plots import prune_curves
+    from encdec.decode import translate_ids
+    from encdec.metrics import bleu
+
+    if steps < 1 or sentences < 1:
+        fail("--steps and --sentences must be >= 1")
+    cfg, model, vocab, rt = _load(checkpoint, device, weights)
+    imp_pairs, _ = _split_pairs(cfg, vocab, "dev", importance_sentences)
+    log(f"head importance over {len(imp_pairs)} dev sentences ...")
+    imp = P.importance(model, imp_pairs, rt)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "importance.json").write_text(json.dumps({k: v.tolist() for k, v in imp.items()}, indent=1) + "\n")
+    bleu_pairs, raw = _split_pairs(cfg, vocab, "dev", sentences, seed=1)
+    refs = [p.tgt for p in raw]
+
+    def score() -> float:
+        hyps = translate_ids(model, [s for s, _ in bleu_pairs], rt, beam=beam)
+        return bleu([vocab.decode(h) for h in hyps], [refs]).score
+
+    total = 3 * (steps + 1)
+    with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("pruning", total=total)
+        rows = P.curve(model, imp, score, steps=steps, on_point=lambda r: bar.advance(task))
+    _write_rows(rows, out / "prune.csv")
+    prune_curves(rows, f"{checkpoint.name}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) vs heads pruned",
+                 out / "prune.png")
+    show(_table("dev BLEU as heads are pruned", rows, ["kind", "heads_pruned", "heads", "score"], "{:.2f}"))
+    summary = {}
+    for kind in P.KINDS:
+        n = P.prunable(rows, kind, tolerance)
+        heads_n = next(r["heads"] for r in rows if r["kind"] == kind)
+        summary[kind] = {"prunable": n, "heads": heads_n}
+        print(f"{kind}: {n} of {heads_n} heads pruned with dev BLEU within {tolerance} of the full model")
+    (out / "summary.json").write_text(json.dumps({"tolerance": tolerance, "base": rows[0]["score"], **summary},
+                                                 indent=1) + "\n")
+    log(f"wrote {out}/prune.csv, prune.png, importance.json, summary.json")
+
+
+@analyze.command()
+def gradflow(checkpoint: Path = CHECKPOINT,
+             out: Path = typer.Option(Path("runs/analysis/gradflow"), help="Output folder."),
+             schemes: str = typer.Option("final,layerwise,mix,dense", help="Wiring schemes to train from scratch."),
+             steps: int = typer.Option(200, help="Training steps per scheme, from the same initial seed."),
+             end_runs: list[Path] = typer.Option([], "--end-run", help="Trained run folders whose gradients at the "
+                                                                       "end of training to measure (repeatable)."),
+             batches: int = typer.Option(20, help="Training batches averaged for each --end-run."),
+             device: str = DEVICE):
+    """Gradient norms per layer and sublayer, per wiring scheme.
+
+    Trains each scheme from the same seed for --steps steps with the --checkpoint run's config and
+    data, recording pre-clip gradient norms; --end-run folders add the norms of trained models.
+    Writes gradflow_<scheme>.csv/.png, gradflow_overlay.png, gradflow_end.png, gradflow_summary.csv."""
+    from dataclasses import replace
+
+    from encdec.analysis import gradflow as G
+    from encdec.analysis import plots
+    from encdec.checkpoint import load_run
+    from encdec.config import WIRINGS
+    from encdec.model import Transformer
+    from encdec.runtime import seed_everything
+    from encdec.train import prepare_data
+
+    names = [s.strip() for s in schemes.split(",") if s.strip()]
+    bad = [s for s in names if s not in WIRINGS]
+    if bad or steps < 1:
+        fail(f"unknown schemes {bad}; choose from {', '.join(WIRINGS)}" if bad else "--steps must be >= 1")
+    cfg, _, _, rt = _load(checkpoint, device, "model.safetensors")
+    data = prepare_data(cfg, log)
+    out.mkdir(parents=True, exist_ok=True)
+    n_enc, n_dec = cfg.model.n_enc_layers, cfg.model.n_dec_layers
+    layers = ["emb"] + [f"enc{i}" for i in range(1, n_enc + 1)] + [f"dec{i}" for i in range(1, n_dec + 1)]
+    overlay, summary = {}, []
+    for scheme in names:
+        log(f"{scheme}: {steps} training steps from scratch ...")
+        scfg = replace(cfg, model=replace(cfg.model, wiring=scheme))
+        seed_everything(cfg.train.seed)
+        model = Transformer(scfg.model).to(rt.device)
+        records = G.training_norms(model, data, scfg, rt, steps, log=log)
+        _write_rows(records, out / f"gradflow_{scheme}.csv")
+        plots.gradflow_steps(records, layers, f"{scheme}: gradient norm per layer, first {steps} steps",
+                             out / f"gradflow_{scheme}.png")
+        overlay[scheme] = {k: sum(r[k] for r in records) / len(records) for k in layers}
+        summary.append({"scheme": scheme, "phase": f"steps 1-{steps}", **overlay[scheme]})
+    if overlay:
+        plots.gradflow_overlay(overlay, layers, f"mean gradient norm per layer over the first {steps} steps",
+                               out / "gradflow_overlay.png")
+    end = {}
+    for run in end_runs:
+        try:
+            rcfg, rmodel = load_run(run)
+        except ValueError as e:
+            fail(str(e))
+        if (rcfg.model.n_enc_layers, rcfg.model.n_dec_layers) != (n_enc, n_dec):
+            fail(f"{run} has {rcfg.model.n_enc_layers}+{rcfg.model.n_dec_layers} layers; "
+                 f"--checkpoint has {n_enc}+{n_dec}")
+        log(f"{run}: gradients of the trained model over {batches} batches ...")
+        end[f"{run.name} ({rcfg.model.wiring})"] = G.frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches)
+        summary.append({"scheme": rcfg.model.wiring, "phase": f"end of {run.name}",
+                        **{k: end[f'{run.name} ({rcfg.model.wiring})'][k] for k in layers}})
+    if end:
+        plots.gradflow_overlay(end, layers, "mean gradient norm per layer at the end of training",
+                               out / "gradflow_end.png")
+    _write_rows(summary, out / "gradflow_summary.csv")
+    show(_table("mean gradient L2 norm per layer", summary, ["scheme", "phase", *layers], "{:.4f}"))
+    log(f"wrote {out}/gradflow_*.csv and .png")
+
+
+@analyze.command()
+def latency(preset_name: str = typer.Option("small", "--preset", help="Base model; one axis is varied at a time."),
+            out: Path = typer.Option(Path("runs/analysis/latency"), help="Output folder."),
+            depths: str = typer.Option("1,2,4,6,8", help="N = encoder = decoder layers."),
+            heads_list: str = typer.Option("1,2,4,8,16", "--heads", help="Heads at the preset's d_model."),
+            widths: str = typer.Option("128,256,512", help="d_model values (d_ff = 4 d_model)."),
+            src_len: int = typer.Option(30, help="Source tokens per sentence."),
+            repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),
+            device: str = DEVICE,
+            precision: str = typer.Option("auto", help="auto | fp32 | bf16.")):
+    """Latency against depth, heads and d_model on this device.
+
+    Encoder time per sentence, decoder time per token (KV cache) and training step time, with
+    random weights, medians over repeats. Writes latency.csv, latency.md and latency.png."""
+    from encdec.analysis.latency import measure, sweep_configs
+    from encdec.analysis.plots import latency as plot
+    from encdec.config import preset
+
+    def ints(text: str, name: str) -> tuple[int, ...]:
+        try:
+            vals = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            fail(f"--{name}={text!r} must be comma-separated integers")
+        if any(v < 1 for v in vals):
+            fail(f"--{name} values must be >= 1")
+        return vals
+
+    try:
+        base = preset(preset_name)
+        rt = runtime(device, precision)
+        configs = sweep_configs(base, ints(depths, "depths"), ints(heads_list, "heads"), ints(widths, "widths"))
+    except ValueError as e:
+        fail(str(e))
+    rows = []
+    with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("timing", total=len(configs))
+        for axis, value, cfg in configs:
+            r = measure(cfg, rt, src_len=src_len, repeats=repeats)
+            rows.append({"axis": axis, "value": value, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
+                         "layers": cfg.n_enc_layers, **r})
+            bar.advance(task)
+    _write_rows(rows, out / "latency.csv")
+    cols = ["axis", "value", "params", "encoder_ms", "decoder_step_ms", "train_step_ms", "train_tok_s"]
+    show(_table(f"latency on {rt.describe()} (base {preset_name}, source {src_len} tokens, median of {repeats})",
+                rows, cols, "{:.2f}"))
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(r[c], int)
+                             else str(r[c]) for c in cols) + " |" for r in rows]
+    (out / "latency.md").write_text(f"Device: {rt.describe()}\n\n" + "\n".join(md) + "\n")
+    plot(rows, f"latency on {rt.describe()}, base {preset_name}", out / "latency.png")
+    log(f"wrote {out}/latency.csv, latency.md, latency.png")
+
+
+@analyze.command()
+def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
+           as_json: bool = typer.Option(False, "--json")):
+    """What each decoder layer reads; the learned weights of `mix`.
+
+    For mix: a table of decoder layer x encoder state 0..N (0 = the embedding output)."""
+    from encdec.checkpoint import load_run
+    from encdec.wiring import sources
+
+    try:
+        cfg, model = load_run(checkpoint, weights=weights)
+    except ValueError as e:
+        fail(str(e))
+    m = cfg.model
+    result = {"wiring": m.wiring, "reads": {f"dec{i + 1}": list(sources(m, i)) for i in range(m.n_dec_layers)}}
+    if m.wiring == "mix":
+        result["mix_weights"] = [[round(x, 4) for x in row] for row in model.wiring.mix_weights().tolist()]
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if m.wiring != "mix":
+        for layer, src in result["reads"].items():
+            what = ", ".join("embeddings" if j == 0 else f"enc{j}" for j in src)
+            print(f"{layer} reads {what}" + (" (concatenated)" if m.wiring == "dense" else ""))
+        return
+    t = Table(title=f"{checkpoint}: learned mix weights (rows: decoder layer; columns: encoder state)")
+    t.add_column("decoder layer")
+    for j in range(m.n_enc_layers + 1):
+        t.add_column("emb" if j == 0 else f"enc{j}", justify="right")
+    for i, row in enumerate(result["mix_weights"]):
+        t.add_row(f"dec{i + 1}", *(f"{x:.3f}" for x in row))
+    show(t)

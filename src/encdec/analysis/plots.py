@@ -1,0 +1,116 @@
+"""Matplotlib figures of the analyses (PNG, Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROLE_ABBR = {"positional-prev": "prev", "positional-same": "same", "positional-next": "next", "alignment": "align",
+             "eos-sink": "eos", "punctuation": "punct", "broad": "broad", "mixed": "·"}
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def head_stats(rows: list[dict], kind: str, title: str, path: Path) -> Path:
+    """Panels of layer x head heat maps, one per statistic; the role of each head is written in the first."""
+    import numpy as np
+
+    rows = [r for r in rows if r["kind"] == kind]
+    L, H = max(r["layer"] for r in rows), max(r["head"] for r in rows)
+    stats = ["norm_entropy", "diagonal", "punct", "eos"] if kind == "cross" else \
+        ["norm_entropy", "prev", "same", "next", "punct", "eos"]
+    fig, axes = plt.subplots(1, len(stats), figsize=(2.2 + 1.9 * len(stats) * max(1, H / 4), 0.6 * L + 1.6),
+                             squeeze=False)
+    for ax, stat in zip(axes[0], stats):
+        m = np.zeros((L, H))
+        for r in rows:
+            m[r["layer"] - 1, r["head"] - 1] = r[stat]
+        ax.imshow(m, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for r in rows:
+            label = ROLE_ABBR[r["role"]] if stat == "norm_entropy" else f"{r[stat]:.2f}"
+            ax.text(r["head"] - 1, r["layer"] - 1, label, ha="center", va="center", fontsize=7,
+                    color="white" if r[stat] < 0.6 else "black")
+        ax.set_title(stat if stat != "norm_entropy" else "entropy / log(n), role", fontsize=9)
+        ax.set_xticks(range(H), [str(h + 1) for h in range(H)], fontsize=7)
+        ax.set_yticks(range(L), [str(i + 1) for i in range(L)], fontsize=7)
+        ax.set_xlabel("head", fontsize=8)
+    axes[0][0].set_ylabel("layer")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def prune_curves(rows: list[dict], title: str, path: Path, metric: str = "dev BLEU") -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, color in (("enc", "tab:blue"), ("dec", "tab:orange"), ("cross", "tab:green")):
+        pts = [r for r in rows if r["kind"] == kind and "variant" not in r]
+        if not pts:
+            continue
+        ax.plot([100 * r["fraction"] for r in pts], [r["score"] for r in pts], "o-", color=color,
+                label={"enc": "encoder self", "dec": "decoder self", "cross": "cross"}[kind])
+        for r in rows:
+            if r["kind"] == kind and "variant" in r:
+                ax.plot(100 * r["fraction"], r["score"], "*", ms=12, color=color)
+    ax.set_xlabel("heads pruned (%), least important first  (* = only the best head per layer kept)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def gradflow_steps(records: list[dict], layers: list[str], title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in layers:
+        ax.plot([r["step"] for r in records], [r[name] for r in records], label=name,
+                ls="-" if name.startswith("enc") else "--")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("gradient L2 norm (pre-clip)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def gradflow_overlay(per_scheme: dict[str, dict[str, float]], layers: list[str], title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for scheme, values in per_scheme.items():
+        ax.plot(range(len(layers)), [values[name] for name in layers], "o-", label=scheme)
+    ax.set_xticks(range(len(layers)), layers, rotation=45, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("mean gradient L2 norm")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def latency(rows: list[dict], title: str, path: Path) -> Path:
+    axes_names = [a for a in ("depth", "heads", "width") if any(r["axis"] == a for r in rows)]
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(4.2 * len(axes_names), 3.6), squeeze=False)
+    labels = {"depth": "N = encoder = decoder layers", "heads": "heads h (d_model fixed)",
+              "width": "d_model (d_ff = 4 d)"}
+    for ax, axis in zip(axes[0], axes_names):
+        pts = [r for r in rows if r["axis"] == axis]
+        x = [r["value"] for r in pts]
+        for key, label in (("encoder_ms", "encoder (1 sentence)"), ("decoder_step_ms", "decoder step (1 token)"),
+                           ("train_step_ms", "train step / 10")):
+            ax.plot(x, [r[key] / (10 if key == "train_step_ms" else 1) for r in pts], "o-", label=label)
+        ax.set_xlabel(labels[axis])
+        ax.set_ylabel("milliseconds")
+        if axis == "heads":
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,34 @@
+"""What the command-line commands share: the stderr console, one-line errors, tables, the runtime."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(msg: str) -> None:
+    """A user mistake: one red line on stderr and exit code 2, never a traceback."""
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def log(msg: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+
+
+def show(table: Table) -> None:
+    """Print a table to stdout at full width even when stdout is a pipe or file."""
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def runtime(device: str, precision: str):
+    from encdec.runtime import Runtime, configure_threads
+
+    configure_threads()
+    return Runtime.create(device, precision)

@@ -1,0 +1,83 @@
+"""`encdec analyze` on a tiny synthetic run: each command writes its files, and mistakes are one line."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from encdec.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def mix_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("analyze")
+    out = tmp / "run"
+    r = run("train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", 40, "--out", out, "--no-evaluate",
+            "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "train.max_tokens=512", "--set", "train.warmup_steps=10",
+            "--set", "train.eval_every=1000", "--set", "model.wiring=mix")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_wiring_prints_the_learned_mix_table(mix_run):
+    r = run("analyze", "wiring", "--checkpoint", mix_run, "--json")
+    assert r.exit_code == 0
+    w = json.loads(r.stdout)["mix_weights"]
+    assert len(w) == 2 and all(len(row) == 3 and abs(sum(row) - 1) < 1e-3 for row in w)
+    assert any(abs(x - 1 / 3) > 1e-3 for row in w for x in row)  # trained: no longer the uniform start
+    r = run("analyze", "wiring", "--checkpoint", mix_run)
+    assert "dec1" in r.stdout and "enc2" in r.stdout
+
+
+def test_attention_heads_prune_write_their_files(mix_run, tmp_path):
+    r = run("analyze", "attention", "--checkpoint", mix_run, "--out", tmp_path / "att", "--index", 3)
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (tmp_path / "att").iterdir()} == {"enc.png", "dec.png", "cross.png", "attention.html"}
+    r = run("analyze", "heads", "--checkpoint", mix_run, "--out", tmp_path / "heads", "--sentences", 30)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "heads" / "heads.csv").open()))
+    assert len(rows) == 3 * 2 * 4 and all(r["role"] for r in rows)
+    r = run("analyze", "prune", "--checkpoint", mix_run, "--out", tmp_path / "prune", "--sentences", 10,
+            "--importance-sentences", 20, "--steps", 2)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "prune" / "summary.json").read_text())
+    assert set(summary) >= {"enc", "dec", "cross"} and (tmp_path / "prune" / "prune.png").exists()
+
+
+def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):
+    r = run("analyze", "gradflow", "--checkpoint", mix_run, "--out", tmp_path / "g", "--schemes", "final,layerwise",
+            "--steps", 3, "--end-run", mix_run, "--batches", 2)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "g" / "gradflow_summary.csv").open()))
+    assert [r["scheme"] for r in rows] == ["final", "layerwise", "mix"]
+    assert all(float(r["enc1"]) > 0 for r in rows)
+    r = run("analyze", "latency", "--preset", "tiny", "--out", tmp_path / "lat", "--depths", "1,2", "--heads", "1,4",
+            "--widths", "32", "--repeats", 1)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "lat" / "latency.csv").open()))
+    assert [(r["axis"], r["value"]) for r in rows] == [("depth", "1"), ("depth", "2"), ("heads", "1"), ("heads", "4"),
+                                                       ("width", "32")]
+    assert all(float(r["train_step_ms"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["gradflow", "--schemes", "final,sparse"], "unknown schemes ['sparse']"),
+    (["attention", "--index", "100000"], "out of range"),
+    (["latency", "--depths", "one"], "comma-separated integers"),
+])
+def test_analyze_mistakes_are_one_clear_line(mix_run, args, fragment):
+    extra = [] if args[0] == "latency" else ["--checkpoint", mix_run]
+    r = run("analyze", *args, *extra)
+    assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, r.output
+
+
+def test_analyze_needs_a_run_folder(tmp_path):
+    r = run("analyze", "heads", "--checkpoint", tmp_path / "nope")
+    assert r.exit_code == 2 and "not an encdec run folder" in r.output
