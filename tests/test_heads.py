@@ -21,7 +21,8 @@ def _add(kind, pattern, q_mask=None, k_eos=None, k_punct=None):
     q_mask = torch.ones(1, tq, dtype=torch.bool) if q_mask is None else q_mask
     k_mask = torch.ones(1, tk, dtype=torch.bool)
     none = torch.zeros(1, tk, dtype=torch.bool)
-    hs.add([pattern[None, None]], q_mask, k_mask, none if k_punct is None else k_punct, none if k_eos is None else k_eos)
+    k_punct = none if k_punct is None else k_punct
+    hs.add([pattern[None, None]], q_mask, k_mask, k_punct, none if k_eos is None else k_eos)
     return {k: float(v[0, 0]) for k, v in hs.means().items()}
 
 
