@@ -59,11 +59,11 @@ def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):
     assert [r["scheme"] for r in rows] == ["final", "layerwise", "mix"]
     assert all(float(r["enc1"]) > 0 for r in rows)
     r = run("analyze", "latency", "--preset", "tiny", "--out", tmp_path / "lat", "--depths", "1,2", "--heads", "1,4",
-            "--widths", "32", "--repeats", 1)
+            "--widths", "32", "--wirings", "dense", "--repeats", 1)
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((tmp_path / "lat" / "latency.csv").open()))
     assert [(r["axis"], r["value"]) for r in rows] == [("depth", "1"), ("depth", "2"), ("heads", "1"), ("heads", "4"),
-                                                       ("width", "32")]
+                                                       ("width", "32"), ("wiring", "dense")]
     assert all(float(r["train_step_ms"]) > 0 for r in rows)
 
 
@@ -71,6 +71,8 @@ def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):
     (["gradflow", "--schemes", "final,sparse"], "unknown schemes ['sparse']"),
     (["attention", "--index", "100000"], "out of range"),
     (["latency", "--depths", "one"], "comma-separated integers"),
+    (["latency", "--heads", "3"], "do not divide"),
+    (["latency", "--wirings", "final,sparse"], "unknown schemes"),
 ])
 def test_analyze_mistakes_are_one_clear_line(mix_run, args, fragment):
     extra = [] if args[0] == "latency" else ["--checkpoint", mix_run]

@@ -271,23 +271,24 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
             depths: str = typer.Option("1,2,4,6,8", help="N = encoder = decoder layers."),
             heads_list: str = typer.Option("1,2,4,8,16", "--heads", help="Heads at the preset's d_model."),
             widths: str = typer.Option("128,256,512", help="d_model values (d_ff = 4 d_model)."),
+            wirings: str = typer.Option("final,layerwise,mix,dense", help="Wiring schemes at the preset's size."),
             src_len: int = typer.Option(30, help="Source tokens per sentence."),
             repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),
             device: str = DEVICE,
             precision: str = typer.Option("auto", help="auto | fp32 | bf16.")):
-    """Latency against depth, heads and d_model on this device.
+    """Latency against depth, heads, d_model and wiring on this device.
 
     Encoder time per sentence, decoder time per token (KV cache) and training step time, with
     random weights, medians over repeats. Writes latency.csv, latency.md and latency.png."""
     from encdec.analysis.latency import measure, sweep_configs
     from encdec.analysis.plots import latency as plot
-    from encdec.config import preset
+    from encdec.config import WIRINGS, preset
 
     def ints(text: str, name: str) -> tuple[int, ...]:
         try:
             vals = tuple(int(x) for x in text.split(",") if x.strip())
         except ValueError:
-            fail(f"--{name}={text!r} must be comma-separated integers")
+            fail(f"--{name}={text!r} must be comma-separated integers (or empty to skip the axis)")
         if any(v < 1 for v in vals):
             fail(f"--{name} values must be >= 1")
         return vals
@@ -295,7 +296,12 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
     try:
         base = preset(preset_name)
         rt = runtime(device, precision)
-        configs = sweep_configs(base, ints(depths, "depths"), ints(heads_list, "heads"), ints(widths, "widths"))
+        schemes = tuple(w.strip() for w in wirings.split(",") if w.strip())
+        bad = [w for w in schemes if w not in WIRINGS]
+        if bad:
+            raise ValueError(f"unknown schemes {bad}; choose from {', '.join(WIRINGS)}")
+        configs = sweep_configs(base, ints(depths, "depths"), ints(heads_list, "heads"), ints(widths, "widths"),
+                                schemes)
     except ValueError as e:
         fail(str(e))
     rows = []
@@ -311,7 +317,7 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
     show(_table(f"latency on {rt.describe()} (base {preset_name}, source {src_len} tokens, median of {repeats})",
                 rows, cols, "{:.2f}"))
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(r[c], int)
+    md += ["| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else f"{r[c]:,}" if c == "params"
                              else str(r[c]) for c in cols) + " |" for r in rows]
     (out / "latency.md").write_text(f"Device: {rt.describe()}\n\n" + "\n".join(md) + "\n")
     plot(rows, f"latency on {rt.describe()}, base {preset_name}", out / "latency.png")

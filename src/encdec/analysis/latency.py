@@ -83,10 +83,16 @@ def measure(cfg: ModelConfig, rt, *, src_len: int = 30, decode_tokens: int = 20,
 
 
 def sweep_configs(base: ModelConfig, depths=(1, 2, 4, 6, 8), heads=(1, 2, 4, 8, 16),
-                  widths=(128, 256, 512)) -> list[tuple[str, int, ModelConfig]]:
+                  widths=(128, 256, 512), wirings=()) -> list[tuple[str, int | str, ModelConfig]]:
     """(axis, value, config) triples: depth N = n_enc = n_dec; heads at fixed d_model (d_head = d_model/h);
-    width d_model with d_ff = 4 d_model at fixed heads."""
-    out = [("depth", n, replace(base, n_enc_layers=n, n_dec_layers=n)) for n in depths]
-    out += [("heads", h, replace(base, n_heads=h, d_head=None)) for h in heads if base.d_model % h == 0]
-    out += [("width", d, replace(base, d_model=d, d_ff=4 * d, d_head=None)) for d in widths if d % base.n_heads == 0]
+    width d_model with d_ff = 4 d_model at fixed heads; cross-attention wiring schemes."""
+    bad = [h for h in heads if base.d_model % h] + [d for d in widths if d % base.n_heads]
+    if bad:
+        raise ValueError(f"heads/widths {bad} do not divide: d_model={base.d_model} must be a multiple of every "
+                         f"head count, and every width a multiple of n_heads={base.n_heads}")
+    out: list[tuple[str, int | str, ModelConfig]] = [
+        ("depth", n, replace(base, n_enc_layers=n, n_dec_layers=n)) for n in depths]
+    out += [("heads", h, replace(base, n_heads=h, d_head=None)) for h in heads]
+    out += [("width", d, replace(base, d_model=d, d_ff=4 * d, d_head=None)) for d in widths]
+    out += [("wiring", w, replace(base, wiring=w)) for w in wirings]
     return out

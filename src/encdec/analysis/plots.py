@@ -96,13 +96,13 @@ def gradflow_overlay(per_scheme: dict[str, dict[str, float]], layers: list[str],
 
 
 def latency(rows: list[dict], title: str, path: Path) -> Path:
-    axes_names = [a for a in ("depth", "heads", "width") if any(r["axis"] == a for r in rows)]
+    axes_names = [a for a in ("depth", "heads", "width", "wiring") if any(r["axis"] == a for r in rows)]
     fig, axes = plt.subplots(1, len(axes_names), figsize=(4.2 * len(axes_names), 3.6), squeeze=False)
     labels = {"depth": "N = encoder = decoder layers", "heads": "heads h (d_model fixed)",
-              "width": "d_model (d_ff = 4 d)"}
+              "width": "d_model (d_ff = 4 d)", "wiring": "cross-attention wiring"}
     for ax, axis in zip(axes[0], axes_names):
         pts = [r for r in rows if r["axis"] == axis]
-        x = [r["value"] for r in pts]
+        x = [str(r["value"]) for r in pts] if axis == "wiring" else [r["value"] for r in pts]
         for key, label in (("encoder_ms", "encoder (1 sentence)"), ("decoder_step_ms", "decoder step (1 token)"),
                            ("train_step_ms", "train step / 10")):
             ax.plot(x, [r[key] / (10 if key == "train_step_ms" else 1) for r in pts], "o-", label=label)
