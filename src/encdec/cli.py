@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import typer
 from rich.table import Table
 
 from encdec.analysis.commands import analyze
-from encdec.config import MODEL_PRESETS, DataConfig, RunConfig, TrainConfig, apply_overrides, preset
+from encdec.config import MODEL_PRESETS, DataConfig, RunConfig, TrainConfig, apply_overrides, load_json, preset
 from encdec.ui import console, fail, log, runtime, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -79,19 +78,28 @@ def train(
     epochs: int = typer.Option(0, help="Training budget in epochs (0 = none)."),
     vocab_size: int | None = typer.Option(None, help="Joint vocabulary size (sets model and data)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    config: Path | None = typer.Option(None, help="Start from this config.json (as written in every run folder) "
+                                                  "instead of --preset/--data/--vocab-size; --set still applies."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str | None = typer.Option(None, help="auto | fp32 | bf16 (default: train.precision)."),
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Score the test split (beam 4) at the end."),
     beam: int = typer.Option(4, help="Beam size for the final test evaluation."),
+    eval_limit: int = typer.Option(0, help="Score only the first N test sentences at the end (0 = all)."),
 ):
     """Train a model; writes config, checkpoints, metrics and final weights to --out."""
     from encdec.train import Interrupted, fit
 
     try:
-        if minutes <= 0 and steps <= 0 and epochs <= 0:
-            minutes = 30.0
-        cfg = build_config(preset_name, data, vocab_size, steps, minutes, epochs, list(set_))
+        if config is not None:
+            cfg = load_json(config)
+            if steps or minutes or epochs:  # a budget given here replaces the file's
+                cfg = replace(cfg, train=replace(cfg.train, max_steps=steps, max_minutes=minutes, max_epochs=epochs))
+            cfg = apply_overrides(cfg, list(set_))
+        else:
+            if minutes <= 0 and steps <= 0 and epochs <= 0:
+                minutes = 30.0
+            cfg = build_config(preset_name, data, vocab_size, steps, minutes, epochs, list(set_))
         if precision:
             cfg = replace(cfg, train=replace(cfg.train, precision=precision))
         rt = runtime(device, cfg.train.precision)
@@ -106,7 +114,7 @@ def train(
         fail(str(e))
     log(f"training done: {json.dumps(summary)}")
     if evaluate_after:
-        evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=0)
+        evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=eval_limit)
 
 
 @app.command()
@@ -147,53 +155,32 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
              as_json: bool = typer.Option(False, "--json"),
              device: str = typer.Option("auto"),
              limit: int = typer.Option(0, help="Score only the first N sentences (0 = all).")):
-    """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV."""
+    """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV.
+
+    Also writes eval.<split>.beam<k>.json to the run folder."""
     from rich.progress import Progress
 
     from encdec.checkpoint import load_run
-    from encdec.data import load_corpus
-    from encdec.data.vocab import Vocab
-    from encdec.decode import translate_ids
-    from encdec.metrics import bleu, chrf
+    from encdec.evaluation import score_run
 
+    if split not in ("dev", "test", "train"):
+        fail(f"--split={split!r}; choose dev, test or train")
     try:
-        cfg, model = load_run(checkpoint)
-        vocab = Vocab(checkpoint / "vocab.model")
+        cfg, _ = load_run(checkpoint)
         rt = runtime(device, cfg.train.precision)
-        pairs = load_corpus(cfg.data.source, cfg.data.cache_dir, log=log).split(split)
+        with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task(f"translating {split} (beam {beam})", total=None)
+            result = score_run(checkpoint, split, rt, beam=beam, alpha=alpha, limit=limit, log=log,
+                               on_start=lambda n: bar.update(task, total=n),
+                               on_batch=lambda n: bar.advance(task, n))
     except ValueError as e:
         fail(str(e))
-    if limit > 0:
-        pairs = pairs[:limit]
-    model.to(rt.device)
-    t0 = time.time()
-    with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task(f"translating {split} (beam {beam})", total=len(pairs))
-        try:
-            hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
-                                    on_batch=lambda n: bar.advance(task, n))
-        except ValueError as e:
-            fail(str(e))
-    seconds = time.time() - t0
-    hyps = [vocab.decode(h) for h in hyp_ids]
-    hyp_file = checkpoint / f"hyps.{split}.beam{beam}.txt"
-    hyp_file.write_text("".join(h + "\n" for h in hyps))
-    web = [p.tgt for p in pairs]
-    second = [p.extra_refs[0] if p.extra_refs else p.tgt for p in pairs]
-    result = {"split": split, "sentences": len(pairs), "beam": beam, "seconds": round(seconds, 1),
-              "sent_per_s": round(len(pairs) / max(seconds, 1e-9), 1), "hypotheses": str(hyp_file)}
-    b1, c1 = bleu(hyps, [web]), chrf(hyps, [web])
-    result.update({"bleu": round(b1.score, 2), "chrf": round(c1.score, 2), "bleu_signature": b1.signature,
-                   "chrf_signature": c1.signature})
-    if any(p.extra_refs for p in pairs):
-        b2, c2 = bleu(hyps, [web, second]), chrf(hyps, [web, second])
-        result.update({"bleu_2refs": round(b2.score, 2), "chrf_2refs": round(c2.score, 2),
-                       "bleu_2refs_signature": b2.signature})
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{split}: {len(pairs)} sentences, beam {beam}, {result['sent_per_s']} sent/s; hypotheses in {hyp_file}")
-    print(f"BLEU = {b1.score:.2f}  chrF = {c1.score:.2f}   (reference: WEB)   {b1.signature}")
+    print(f"{split}: {result['sentences']} sentences, beam {beam}, {result['sent_per_s']} sent/s; "
+          f"hypotheses in {result['hypotheses']}")
+    print(f"BLEU = {result['bleu']:.2f}  chrF = {result['chrf']:.2f}   (reference: WEB)   {result['bleu_signature']}")
     if "bleu_2refs" in result:
         print(f"BLEU = {result['bleu_2refs']:.2f}  chrF = {result['chrf_2refs']:.2f}   (references: WEB + KJV)")
 
@@ -277,6 +264,142 @@ def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
 
 def _millions(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,.0f}"
+
+
+@app.command()
+def study(
+    axis: str = typer.Argument(..., help="heads | depth | width | wiring | grid (grid: give --axis twice or more)."),
+    values: str | None = typer.Option(None, help="Comma-separated values of AXIS (default: the axis's standard set; "
+                                                 "depth takes N or ENC-DEC, e.g. 6-1)."),
+    axes: list[str] = typer.Option([], "--axis", help="For grid: AXIS=V1,V2 (repeatable), e.g. --axis heads=1,4,8."),
+    out: Path | None = typer.Option(None, help="Study folder (default runs/study-AXIS); rerun to resume."),
+    preset_name: str = typer.Option("small", "--preset", help="Base model preset."),
+    data: str = typer.Option("bible:es-en", help="Corpus."),
+    steps: int = typer.Option(1000, help="Training budget of every run, in optimizer steps."),
+    minutes: float = typer.Option(0.0, help="Wall-clock budget per run instead of --steps (noisier)."),
+    seeds: int = typer.Option(3, help="Seeds per point (1..K)."),
+    beam: int = typer.Option(4, help="Beam size of the test evaluation."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    smoke: bool = typer.Option(False, help="Tiny preset, 20 steps, 2 seeds, greedy on 100 test sentences: "
+                                           "minutes on 2 cores, to check the whole pipeline."),
+    executor: str = typer.Option("local", help="local (this process) | ray (one Ray task per run)."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start a local instance)."),
+    cpus_per_run: int = typer.Option(2, help="CPUs a Ray task asks for (each run also uses that many threads)."),
+    print_commands: bool = typer.Option(False, help="Print one `encdec train` command per unfinished run "
+                                                    "(for SLURM or any scheduler) and exit; rerun without it "
+                                                    "to collect the results."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+):
+    """Sweep depth, heads, width or wiring on an equal budget with K seeds; print Table 3.
+
+    Writes results.csv/json/md and plots to the study folder; every run is an ordinary run folder.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from encdec import study as S
+
+    try:
+        if axis == "grid":
+            if len(axes) < 2:
+                raise ValueError("grid needs two or more --axis AXIS=V1,V2 options")
+            spec = [S.parse_axis(a) for a in axes]
+        else:
+            if axes:
+                raise ValueError("--axis is for grid studies; for one axis use --values")
+            spec = [S.parse_axis(axis if values is None else f"{axis}={values}")]
+        if seeds < 1 or (steps < 1 and minutes <= 0):
+            raise ValueError("--seeds must be >= 1 and the budget (--steps or --minutes) > 0")
+        if executor not in ("local", "ray"):
+            raise ValueError(f"--executor={executor!r}; choose local or ray")
+        limit = 0
+        if smoke:
+            preset_name, steps, minutes, beam, limit = "tiny", 20, 0.0, 1, 100
+            seeds = min(seeds, 2)
+            set_ = ["train.warmup_steps=5", "train.eval_every=1000", "train.dev_bleu_sentences=50",
+                    "train.max_tokens=1000", *set_]
+        base = build_config(preset_name, data, None, 0 if minutes > 0 else steps, minutes, 0, list(set_))
+        runs = S.plan(base, spec, list(range(1, seeds + 1)))
+        study_dir = out or Path(f"runs/study-{axis}")
+        S.write_plan(study_dir, base, spec, list(range(1, seeds + 1)), beam, runs)
+    except ValueError as e:
+        fail(str(e))
+    names = [a for a, _ in spec]
+    title = f"{data}, {preset_name} base, " + (f"{steps} steps" if not minutes else f"{minutes} min") + " per run"
+    todo = [r for r in runs if not S.is_finished(study_dir, r, beam)]
+    log(f"study {study_dir}: {len(runs)} runs ({len(runs) - len(todo)} finished), axes {names}")
+    if print_commands:
+        import shlex
+
+        for r in todo:
+            print(shlex.join(S.train_command(study_dir, r, beam, limit)))
+        return
+    if executor == "ray":
+        _study_on_ray(study_dir, todo, beam, limit, ray_address, cpus_per_run)
+    else:
+        from encdec.evaluation import score_run
+        from encdec.train import Interrupted, fit
+
+        rt = runtime(device, base.train.precision)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("study", total=len(todo))
+            for i, r in enumerate(todo, start=1):
+                bar.update(task, description=f"run {i}/{len(todo)}: {r.folder}")
+                log(f"run {i}/{len(todo)}: {r.folder}")
+                try:
+                    fit(r.cfg, study_dir / r.folder, rt, log=log, progress=False)
+                    score_run(study_dir / r.folder, "test", rt, beam=beam, limit=limit)
+                except Interrupted as e:
+                    console.print(f"[yellow]{e}[/]  (rerun the study command to resume)")
+                    raise typer.Exit(130) from None
+                except ValueError as e:
+                    fail(f"{r.folder}: {e}")
+                bar.advance(task)
+    results = S.write_results(study_dir, runs, names, beam, title)
+    if not results:
+        fail("no finished runs to report yet")
+    print(S.markdown(results, names, title))
+    log(f"wrote {study_dir}/results.csv, results.json, results.md, runs.csv and plots")
+
+
+def _study_on_ray(study_dir: Path, todo, beam: int, limit: int, address: str | None, cpus: int) -> None:
+    """Submit each unfinished run as a Ray task running `python -m encdec train` in a subprocess."""
+    from encdec.study import train_command
+
+    try:
+        import ray
+    except ImportError:
+        fail("--executor ray needs Ray: pip install 'ray>=2.9' (or pip install -e .[ray])")
+    ray.init(address=address, num_cpus=None if address else max(cpus, 2), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+
+    @ray.remote(num_cpus=cpus)
+    def train_one(cmd: list[str], threads: int) -> tuple[int, str]:
+        import os
+        import subprocess
+
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        return p.returncode, p.stderr[-3000:]
+
+    def command(r) -> list[str]:
+        cmd = train_command(study_dir.resolve(), r, beam, limit)
+        return [sys.executable, "-m", "encdec", *cmd[1:]]
+
+    log(f"submitting {len(todo)} runs to Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, {cpus} per run)")
+    futures = {train_one.remote(command(r), cpus): r for r in todo}
+    failed = []
+    pending = list(futures)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        rc, err = ray.get(done[0])
+        r = futures[done[0]]
+        log(f"{r.folder}: {'done' if rc == 0 else f'failed (exit {rc})'}")
+        if rc != 0:
+            failed.append((r.folder, err.strip().splitlines()[-1:] or ["?"]))
+    ray.shutdown()
+    if failed:
+        fail("runs failed: " + "; ".join(f"{f}: {e[0]}" for f, e in failed))
 
 
 def main() -> None:

@@ -177,10 +177,15 @@ def prune(checkpoint: Path = CHECKPOINT,
         hyps = translate_ids(model, [s for s, _ in bleu_pairs], rt, beam=beam)
         return bleu([vocab.decode(h) for h in hyps], [refs]).score
 
-    total = 3 * (steps + 1)
+    total = 3 * (steps + 2)
     with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("pruning", total=total)
-        rows = P.curve(model, imp, score, steps=steps, on_point=lambda r: bar.advance(task))
+        def point(r: dict) -> None:
+            bar.advance(task)
+            log(f"{r['kind']}: {r['heads_pruned']}/{r['heads']} heads pruned"
+                f"{' (' + r['variant'] + ')' if 'variant' in r else ''}: dev BLEU {r['score']:.2f}")
+
+        rows = P.curve(model, imp, score, steps=steps, on_point=point)
     _write_rows(rows, out / "prune.csv")
     prune_curves(rows, f"{checkpoint.name}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) vs heads pruned",
                  out / "prune.png")

@@ -1,0 +1,258 @@
+"""Sweeps: one base config, one or more axes varied, every run on an equal budget, K seeds each.
+
+A study is a list of runs `(name, config)` (STYLE C10) under one folder:
+
+    <out>/study.json                 the plan (base config, axes, seeds, beam)
+    <out>/<point>/seed-<k>/          an ordinary `encdec train` run folder (config, checkpoint,
+                                     metrics.jsonl, hypotheses, eval.test.beam<b>.json)
+    <out>/runs.csv                   one row per finished run
+    <out>/results.{csv,json,md}      one row per point, mean and std over seeds
+    <out>/*.png                      BLEU against the axis, PPL against parameters, BLEU against speed
+
+A run counts as finished when its eval JSON exists; re-running the study skips finished runs
+and resumes an interrupted one from its last checkpoint (that is `fit`'s own resume).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from encdec.config import WIRINGS, RunConfig, load_json, to_dict
+
+AXES = ("heads", "depth", "width", "wiring")
+DEFAULT_VALUES = {
+    "heads": ("1", "2", "4", "8", "16"),  # Vaswani et al. Table 3 row (A), d_k = d_v = d_model / h
+    "depth": ("1", "2", "3", "4", "6", "6-1", "1-6"),  # N, or ENC-DEC (deep encoder, shallow decoder: Kasai et al.)
+    "width": ("128", "256", "512"),  # d_model with d_ff = 4 d_model (Table 3 row C)
+    "wiring": WIRINGS,
+}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    point: tuple[tuple[str, str], ...]  # ((axis, value), ...)
+    seed: int
+    cfg: RunConfig
+
+    @property
+    def point_name(self) -> str:
+        return ",".join(f"{a}={v}" for a, v in self.point)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.point_name}/seed-{self.seed}"
+
+
+def model_changes(axis: str, value: str) -> dict:
+    """The ModelConfig fields one axis value sets."""
+    try:
+        if axis == "heads":
+            return {"n_heads": int(value), "d_head": None}
+        if axis == "depth":
+            enc, _, dec = value.partition("-")
+            return {"n_enc_layers": int(enc), "n_dec_layers": int(dec or enc)}
+        if axis == "width":
+            return {"d_model": int(value), "d_ff": 4 * int(value), "d_head": None}
+    except ValueError:
+        raise ValueError(f"{axis}={value!r}: expected an integer{' or ENC-DEC' if axis == 'depth' else ''}") from None
+    if axis == "wiring":
+        return {"wiring": value}
+    raise ValueError(f"unknown study axis {axis!r}; choose from {', '.join(AXES)}")
+
+
+def parse_axis(spec: str) -> tuple[str, tuple[str, ...]]:
+    """'heads=1,4,8' -> ('heads', ('1', '4', '8')); 'heads' -> the default values."""
+    axis, _, values = spec.partition("=")
+    axis = axis.strip()
+    if axis not in AXES:
+        raise ValueError(f"unknown study axis {axis!r}; choose from {', '.join(AXES)}")
+    vals = tuple(v.strip() for v in values.split(",") if v.strip()) if values else DEFAULT_VALUES[axis]
+    if not vals:
+        raise ValueError(f"--axis {spec!r} lists no values")
+    return axis, vals
+
+
+def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[int]) -> list[StudyRun]:
+    """Cross product of the axes' values, times the seeds; every config is validated here, up front."""
+    names = [a for a, _ in axes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"an axis appears twice: {names}")
+    runs = []
+    for combo in itertools.product(*[[(a, v) for v in vals] for a, vals in axes]):
+        changes: dict = {}
+        for axis, value in combo:
+            changes.update(model_changes(axis, value))
+        try:
+            model = replace(base.model, **changes)
+        except ValueError as e:
+            raise ValueError(f"point {','.join(f'{a}={v}' for a, v in combo)}: {e}") from None
+        for seed in seeds:
+            runs.append(StudyRun(tuple(combo), seed, replace(base, model=model, train=replace(base.train, seed=seed))))
+    return runs
+
+
+def is_finished(study_dir: Path, run: StudyRun, beam: int) -> bool:
+    from encdec.evaluation import result_path
+
+    return result_path(study_dir / run.folder, "test", beam).exists()
+
+
+def train_command(study_dir: Path, run: StudyRun, beam: int, limit: int = 0) -> list[str]:
+    """A self-contained shell command for one run (its config.json is written by `write_plan`)."""
+    folder = study_dir / run.folder
+    cmd = ["encdec", "train", "--out", str(folder), "--config", str(folder / "config.json"), "--beam", str(beam)]
+    return cmd + (["--eval-limit", str(limit)] if limit else [])
+
+
+def write_plan(study_dir: Path, base: RunConfig, axes, seeds, beam: int, runs: list[StudyRun]) -> None:
+    """study.json, and each run's config.json; an existing study must have the same plan."""
+    plan_doc = {"base": to_dict(base), "axes": [[a, list(v)] for a, v in axes], "seeds": seeds, "beam": beam}
+    path = study_dir / "study.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(plan_doc)):
+            raise ValueError(f"{study_dir} holds a study with a different plan; use another --out "
+                             "(or the same axes, seeds, budget and settings to resume)")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan_doc, indent=2) + "\n")
+    for run in runs:
+        folder = study_dir / run.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg_file = folder / "config.json"
+        if not cfg_file.exists() or load_json(cfg_file) != run.cfg:
+            cfg_file.write_text(json.dumps(to_dict(run.cfg), indent=2) + "\n")
+
+
+# --- results -------------------------------------------------------------------------------
+
+METRICS = ("params", "dev_ppl", "dev_bleu", "test_bleu", "test_chrf", "sent_per_s", "train_tok_s", "train_min")
+
+
+def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
+    """One row per finished run, read back from its folder."""
+    from encdec.analysis.params import count
+    from encdec.evaluation import result_path
+
+    rows = []
+    for run in runs:
+        folder = study_dir / run.folder
+        ev_file = result_path(folder, "test", beam)
+        if not ev_file.exists():
+            continue
+        ev = json.loads(ev_file.read_text())
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        final = next(r["final"] for r in reversed(records) if "final" in r)
+        speeds = [r["tok_s"] for r in records if "tok_s" in r]
+        m = run.cfg.model
+        rows.append({"point": run.point_name, **dict(run.point), "seed": run.seed,
+                     "n_enc": m.n_enc_layers, "n_dec": m.n_dec_layers, "d_model": m.d_model, "d_ff": m.d_ff,
+                     "h": m.n_heads, "d_k": m.head_dim, "d_v": m.head_dim, "wiring_scheme": m.wiring,
+                     "params": count(m)["total"], "steps": final["step"], "dev_ppl": final["dev_ppl"],
+                     "dev_bleu": final["dev_score"], "test_bleu": ev["bleu"], "test_chrf": ev["chrf"],
+                     "sent_per_s": ev["sent_per_s"], "train_tok_s": statistics.median(speeds) if speeds else math.nan,
+                     "train_min": final["train_min"]})
+    return rows
+
+
+def aggregate(rows: list[dict], runs: list[StudyRun]) -> list[dict]:
+    """Per point (in plan order): the architecture columns, then mean and std over seeds of each metric."""
+    out = []
+    for name in dict.fromkeys(r.point_name for r in runs):
+        pts = [r for r in rows if r["point"] == name]
+        if not pts:
+            continue
+        row = {k: pts[0][k] for k in pts[0] if k not in METRICS and k not in ("seed", "steps")}
+        row["seeds"] = len(pts)
+        row["steps"] = pts[0]["steps"]
+        for k in METRICS:
+            vals = [p[k] for p in pts]
+            row[k] = statistics.fmean(vals)
+            row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def markdown(results: list[dict], axes: list[str], title: str) -> str:
+    """Table 3 layout: architecture columns, params, dev PPL, dev BLEU, test BLEU (mean ± std)."""
+    cols = ["N enc", "N dec", "d_model", "d_ff", "h", "d_k", "d_v"] + (["wiring"] if "wiring" in axes else [])
+    head = cols + ["params", "dev PPL", "dev BLEU", "test BLEU", "test sent/s", "seeds"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pm(r, k, digits=2):
+        return f"{r[k]:.{digits}f} ± {r[k + '_std']:.{digits}f}" if r["seeds"] > 1 else f"{r[k]:.{digits}f}"
+
+    for r in results:
+        arch = [r["n_enc"], r["n_dec"], r["d_model"], r["d_ff"], r["h"], r["d_k"], r["d_v"]]
+        if "wiring" in axes:
+            arch.append(r["wiring_scheme"])
+        lines.append("| " + " | ".join(str(x) for x in arch) + f" | {r['params'] / 1e6:.2f}M | {pm(r, 'dev_ppl')} | "
+                     f"{pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {r['sent_per_s']:.1f} | {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], axes: list[str], out: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    labels = [r["point"] for r in results]
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(results) + 2), 3.8))
+    x = range(len(results))
+    for key, label in (("test_bleu", "test BLEU"), ("dev_bleu", "dev BLEU (subset)")):
+        ax.errorbar(x, [r[key] for r in results], yerr=[r[f"{key}_std"] for r in results], fmt="o-", capsize=4,
+                    label=label)
+    ax.set_xticks(list(x), [lbl.replace(",", "\n") for lbl in labels], fontsize=8)
+    ax.set_ylabel("BLEU (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    files.append(_save(fig, out / f"bleu_vs_{'_'.join(axes)}.png"))
+    for xkey, ykey, xlabel, ylabel, name in (("params", "dev_ppl", "parameters (M)", "dev perplexity",
+                                              "ppl_vs_params.png"),
+                                             ("sent_per_s", "test_bleu", "test decoding speed (sentences/s)",
+                                              "test BLEU", "bleu_vs_speed.png")):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        xs = [r[xkey] / (1e6 if xkey == "params" else 1) for r in results]
+        ax.errorbar(xs, [r[ykey] for r in results], yerr=[r[f"{ykey}_std"] for r in results], fmt="o", capsize=4)
+        for xv, r in zip(xs, results):
+            ax.annotate(r["point"], (xv, r[ykey]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        files.append(_save(fig, out / name))
+    return files
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_results(study_dir: Path, runs: list[StudyRun], axes: list[str], beam: int, title: str) -> list[dict]:
+    import csv
+
+    rows = collect(study_dir, runs, beam)
+    results = aggregate(rows, runs)
+    for name, data in (("runs.csv", rows), ("results.csv", results)):
+        if data:
+            with (study_dir / name).open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in data for k in r)))
+                w.writeheader()
+                w.writerows(data)
+    (study_dir / "results.json").write_text(json.dumps({"runs": rows, "results": results}, indent=2) + "\n")
+    if results:
+        (study_dir / "results.md").write_text(markdown(results, axes, title))
+        plot(results, axes, study_dir, title)
+    return results

@@ -1,0 +1,92 @@
+"""`encdec study --smoke`: the whole pipeline on a synthetic task; resume; print-commands; Ray."""
+
+import csv
+import json
+import math
+import shlex
+
+import pytest
+from typer.testing import CliRunner
+
+from encdec.cli import app
+from encdec.config import RunConfig
+from encdec.study import parse_axis, plan
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def smoke(tmp_path, *extra):
+    return run("study", *extra, "--smoke", "--data", "synthetic:reverse", "--set",
+               f"data.cache_dir={tmp_path / 'cache'}")
+
+
+def test_plan_is_the_cross_product_and_validates_up_front():
+    base = RunConfig()
+    runs = plan(base, [parse_axis("heads=1,8"), parse_axis("depth=2,6-1")], [1, 2])
+    assert len(runs) == 8
+    assert {(r.cfg.model.n_heads, r.cfg.model.head_dim) for r in runs} == {(1, 512), (8, 64)}
+    assert {(r.cfg.model.n_enc_layers, r.cfg.model.n_dec_layers) for r in runs} == {(2, 2), (6, 1)}
+    assert {r.cfg.train.seed for r in runs} == {1, 2}
+    assert runs[0].folder == "heads=1,depth=2/seed-1"
+    with pytest.raises(ValueError, match="heads=3.*not divisible"):
+        plan(base, [parse_axis("heads=3")], [1])
+    with pytest.raises(ValueError, match="unknown study axis"):
+        parse_axis("layers=1,2")
+
+
+def test_smoke_heads_study_table_and_resume(tmp_path):
+    out = tmp_path / "heads"
+    r = smoke(tmp_path, "heads", "--values", "1,4", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(row["h"], row["d_k"], row["d_v"]) for row in rows] == [("1", "64", "64"), ("4", "16", "16")]
+    for row in rows:
+        assert row["seeds"] == "2"
+        for k in ("params", "dev_ppl", "dev_bleu", "test_bleu", "sent_per_s", "dev_ppl_std", "test_bleu_std"):
+            assert math.isfinite(float(row[k])), (k, row)
+    md = (out / "results.md").read_text()
+    assert "| h | d_k | d_v | params | dev PPL | dev BLEU | test BLEU |" in md and md.count("\n| 2 | 2 |") == 2
+    assert {p.name for p in out.glob("*.png")} == {"bleu_vs_heads.png", "ppl_vs_params.png", "bleu_vs_speed.png"}
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+    again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out)
+    assert again.exit_code == 0 and "4 runs (4 finished)" in again.output.replace("\n", "")
+    assert "run 1/" not in again.output  # nothing retrained
+    other = smoke(tmp_path, "heads", "--values", "1,2", "--out", out)
+    assert other.exit_code == 2 and "different plan" in other.output
+
+
+def test_print_commands_runs_are_collected(tmp_path):
+    out = tmp_path / "wiring"
+    r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--print-commands")
+    assert r.exit_code == 0, r.output
+    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("encdec train")]
+    assert len(commands) == 2
+    for cmd in commands:  # what a scheduler would run
+        done = run(*cmd[1:])
+        assert done.exit_code == 0, done.output
+    r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out)
+    assert r.exit_code == 0 and "2 runs (2 finished)" in r.output.replace("\n", "")
+    assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final", "dense"]
+
+
+def test_study_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[dev])")
+    out = tmp_path / "depth"
+    r = smoke(tmp_path, "depth", "--values", "1,2-1", "--seeds", "1", "--out", out, "--executor", "ray",
+              "--cpus-per-run", "1")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(row["n_enc"], row["n_dec"]) for row in rows] == [("1", "1"), ("2", "1")]
+
+
+def test_study_mistakes(tmp_path):
+    for args, fragment in ((["grid", "--axis", "heads=1"], "two or more"),
+                           (["heads", "--values", "3"], "not divisible"),
+                           (["depth", "--values", "two"], "expected an integer"),
+                           (["heads", "--executor", "slurm"], "choose local or ray")):
+        r = smoke(tmp_path, *args, "--out", tmp_path / "x")
+        assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, (args, r.output)
