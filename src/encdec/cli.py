@@ -267,6 +267,33 @@ def _millions(n: float) -> str:
 
 
 @app.command()
+def export(fmt: str = typer.Argument(..., metavar="FORMAT", help="hf (Hugging Face MarianMT) | ct2 (CTranslate2)."),
+           checkpoint: Path = typer.Option(..., help="Run folder written by `encdec train`."),
+           out: Path = typer.Option(..., help="Output folder."),
+           quantization: str | None = typer.Option(None, help="ct2 only: int8, int8_float32, float16, ... "
+                                                              "(default: keep float32).")):
+    """Export a final-wiring, post-LN run for serving: a MarianMT folder (config, safetensors,
+    SentencePiece tokenizer) that `transformers` loads offline, or a CTranslate2 model converted
+    from it by CTranslate2's own converter."""
+    from encdec.export import export_ct2, export_hf
+
+    if fmt not in ("hf", "ct2"):
+        fail(f"unknown export format {fmt!r}; choose hf or ct2")
+    if quantization and fmt != "ct2":
+        fail("--quantization applies to ct2 exports only")
+    try:
+        path = export_hf(checkpoint, out) if fmt == "hf" else export_ct2(checkpoint, out, quantization=quantization)
+    except ValueError as e:
+        fail(str(e))
+    log(f"wrote {path}")
+    if fmt == "hf":
+        print(f"from transformers import MarianMTModel, MarianTokenizer; "
+              f"MarianMTModel.from_pretrained('{path}'); MarianTokenizer.from_pretrained('{path}')")
+    else:
+        print(f"import ctranslate2; ctranslate2.Translator('{path}')  # source tokens: pieces + '</s>'")
+
+
+@app.command()
 def study(
     axis: str = typer.Argument(..., help="heads | depth | width | wiring | grid (grid: give --axis twice or more)."),
     values: str | None = typer.Option(None, help="Comma-separated values of AXIS (default: the axis's standard set; "
