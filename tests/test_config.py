@@ -11,7 +11,7 @@ def test_head_dim_default_and_explicit():
 
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(d_model=500, n_heads=8), "not divisible"),
-    (dict(n_enc_layers=0), "at least one layer"),
+    (dict(n_enc_layers=0, n_dec_layers=0), "at least one stack"),
     (dict(wiring="sideways"), "wiring"),
     (dict(dropout=1.5), "dropout"),
     (dict(wiring="layerwise", layer_map=(1, 2)), "one per decoder layer"),

@@ -1,5 +1,4 @@
 import json
-import time
 from dataclasses import replace
 
 import pytest
@@ -64,12 +63,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_run(tmp_path / "run")
 
 
-def test_copy_task_is_learned_within_a_minute(tmp_path):
-    cfg = copy_config(tmp_path, max_steps=100_000, max_minutes=0.75, max_tokens=1024, lr=4e-3, warmup_steps=50,
-                      log_every=50)
-    t0 = time.time()
+def test_copy_task_is_learned_in_500_steps(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=500, max_tokens=1024, lr=4e-3, warmup_steps=50, log_every=50)
     fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
-    assert time.time() - t0 < 60
     _, model = load_run(tmp_path / "run")
     vocab = Vocab(tmp_path / "run" / "vocab.model")
     test = load_corpus("synthetic:copy").test

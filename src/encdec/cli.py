@@ -86,10 +86,19 @@ def train(
                                         help="Score the test split (beam 4) at the end."),
     beam: int = typer.Option(4, help="Beam size for the final test evaluation."),
     eval_limit: int = typer.Option(0, help="Score only the first N test sentences at the end (0 = all)."),
+    accum: int | None = typer.Option(None, help="Batches per process per optimizer step (train.accum)."),
+    nproc: int = typer.Option(1, help="Launch this many data-parallel processes with torchrun (DDP: gloo on "
+                                      "CPU, NCCL on GPU); for several machines call torchrun yourself."),
 ):
     """Train a model; writes config, checkpoints, metrics and final weights to --out."""
+    import torch
+
+    from encdec import distributed
     from encdec.train import Interrupted, fit
 
+    if nproc > 1:
+        _launch_torchrun(nproc)
+    d = distributed.from_env()
     try:
         if config is not None:
             cfg = load_json(config)
@@ -102,8 +111,13 @@ def train(
             cfg = build_config(preset_name, data, vocab_size, steps, minutes, epochs, list(set_))
         if precision:
             cfg = replace(cfg, train=replace(cfg.train, precision=precision))
+        if accum is not None:
+            cfg = replace(cfg, train=replace(cfg.train, accum=accum))
+        if d.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+            device = f"cuda:{d.local_rank}"  # one GPU per process
         rt = runtime(device, cfg.train.precision)
-        summary = fit(cfg, out, rt, log=log, progress=sys.stderr.isatty())
+        distributed.setup(d, rt.device.type)
+        summary = fit(cfg, out, rt, log=log, progress=sys.stderr.isatty() and d.is_main, d=d)
     except Interrupted as e:
         console.print(f"[yellow]{e}[/]")
         raise typer.Exit(130) from None
@@ -112,9 +126,34 @@ def train(
         raise typer.Exit(130) from None
     except ValueError as e:
         fail(str(e))
+    finally:
+        distributed.cleanup(d)
+    if not d.is_main:
+        return
     log(f"training done: {json.dumps(summary)}")
     if evaluate_after:
         evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=eval_limit)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under torchrun with --nproc removed, and exit with its status."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "encdec", *args]
+    log(f"launching {nproc} processes: {' '.join(cmd[1:])}")
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command()

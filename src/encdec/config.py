@@ -155,6 +155,7 @@ class TrainConfig:
 
     seed: int = 1
     max_tokens: int = 3000  # rows * longest side (+1) per batch, padding included
+    accum: int = 1  # batches per rank per optimizer step (gradient accumulation)
     lr: float = 2e-3  # measured on the main job (docs/findings.md)
     schedule: Literal["inverse_sqrt", "linear"] = "linear"
     warmup_steps: int = 150
@@ -177,6 +178,8 @@ class TrainConfig:
             raise ValueError(f"train.max_tokens={self.max_tokens} must be >= 16")
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
+        if self.accum < 1:
+            raise ValueError(f"train.accum={self.accum} must be >= 1")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train.schedule={self.schedule!r}; choose one of {SCHEDULES}")
         if self.warmup_steps < 0:

@@ -6,6 +6,7 @@ so a resumed CPU run repeats the uninterrupted run's losses exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -23,6 +24,7 @@ from encdec.data import ParallelCorpus, corpus_dir, load_corpus
 from encdec.data.batching import Batch, bucket, collate, epoch_order, padding_fraction
 from encdec.data.vocab import PAD, Vocab, train_vocab
 from encdec.decode import translate_ids
+from encdec.distributed import Dist, shard, wrap
 from encdec.metrics import bleu, perplexity, sequence_loss
 from encdec.model import Transformer
 from encdec.runtime import Runtime, rng_state, seed_everything, set_rng_state
@@ -73,19 +75,35 @@ def prepare_data(cfg: RunConfig, log: Log | None = None) -> Data:
                 bucket([(len(s), len(t)) for s, t in dev], cfg.train.max_tokens))
 
 
-def train_step(model: Transformer, batch: Batch, opt: torch.optim.Optimizer, lr: float, cfg: TrainConfig,
-               rt: Runtime) -> dict[str, float]:
+def train_step(model, batches: list[Batch], opt: torch.optim.Optimizer, lr: float, cfg: TrainConfig, rt: Runtime,
+               *, total_tokens: int | None = None, d: Dist | None = None) -> dict[str, float]:
+    """One optimizer step over this rank's micro-batches (gradient accumulation when several).
+
+    The loss is the label-smoothed sum over every real target token of the step's batches on
+    all ranks, divided by `total_tokens` (default: this rank's tokens); DDP averages gradients
+    over ranks, so each rank scales its part by the world size to keep the sum.
+    """
+    d = d or Dist()
+    total = total_tokens or sum(b.n_tokens for b in batches)
     model.train()
-    with rt.autocast():
-        logits = model(batch.src, batch.src_mask, batch.tgt_in).logits  # (B, T, V)
-    loss_sum, nll_sum, n = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=cfg.label_smoothing)
     opt.zero_grad(set_to_none=True)
-    (loss_sum / n).backward()
+    loss_sum = nll_sum = 0.0
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with rt.autocast():
+                logits = model(batch.src, batch.src_mask, batch.tgt_in).logits  # (B, T, V)
+            loss, nll, _ = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=cfg.label_smoothing)
+            (loss * (d.world / total)).backward()
+        loss_sum += loss.item()
+        nll_sum += nll.item()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm if cfg.clip_norm > 0 else math.inf)
     for group in opt.param_groups:
         group["lr"] = lr
     opt.step()
-    return {"loss": loss_sum.item() / n, "nll": nll_sum.item() / n, "tokens": n, "grad_norm": float(gnorm)}
+    loss_sum, nll_sum = d.all_sum(loss_sum), d.all_sum(nll_sum)
+    return {"loss": loss_sum / total, "nll": nll_sum / total, "tokens": total, "grad_norm": float(gnorm)}
 
 
 @torch.no_grad()
@@ -116,6 +134,20 @@ def dev_bleu(model: Transformer, data: Data, rt: Runtime, subset: list[int]) -> 
     hyps = translate_ids(model, [data.dev[i][0] for i in subset], rt)
     refs = [data.corpus.dev[i].tgt for i in subset]
     return bleu([data.vocab.decode(h) for h in hyps], [refs]).score
+
+
+def next_batches(state: dict, order: list[int], k: int, seed: int) -> tuple[list[int], list[int]]:
+    """The next k batch indices of the global epoch order, moving on to the next epoch's order
+    when one ends (no batch is skipped or repeated); advances state["pos"] and state["epoch"].
+    Returns (batches, the order now current)."""
+    batches = []
+    for _ in range(k):
+        batches.append(order[state["pos"]])
+        state["pos"] += 1
+        if state["pos"] == len(order):
+            state["epoch"], state["pos"] = state["epoch"] + 1, 0
+            order = epoch_order(len(order), seed=seed, epoch=state["epoch"])
+    return batches, order
 
 
 def _progress(cfg: TrainConfig, step: int, elapsed: float, epoch_pos: float) -> float:
@@ -153,25 +185,34 @@ class Interrupted(Exception):
 
 
 def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: bool = True,
-        stop_after_steps: int | None = None) -> dict:
+        stop_after_steps: int | None = None, d: Dist | None = None) -> dict:
     """Train (or resume) the run in folder `run`; returns the final summary dict.
 
     `stop_after_steps` ends this call early after that many steps in this process, leaving a
     resumable checkpoint (used by tests to check that resume equals an uninterrupted run).
+    With several ranks (`d`, see distributed.py) only rank 0 logs, evaluates and writes files.
     """
+    d = d or Dist()
+    if not d.is_main:
+        log, progress = (lambda msg: None), False
     run = Path(run)
     resumed = (run / "checkpoint" / "state.pt").exists()
     if resumed:
         saved = load_json(run / "config.json")
+        # the budget may grow, and the split of a step's batches into accumulation may change
         if replace(saved, train=replace(saved.train, max_steps=cfg.train.max_steps, max_minutes=cfg.train.max_minutes,
-                                         max_epochs=cfg.train.max_epochs)) != cfg:
+                                         max_epochs=cfg.train.max_epochs, accum=cfg.train.accum)) != cfg:
             diff = [k for k, v in _flat(to_dict(cfg)).items() if _flat(to_dict(saved)).get(k) != v]
             raise ValueError(f"{run} holds a run with a different config ({', '.join(diff)}); "
                              "use another --out, or the same settings to resume")
-    ckpt.write_config(run, cfg)
+    if d.is_main:  # rank 0 writes the config and trains the vocabulary if needed; the others then read
+        ckpt.write_config(run, cfg)
+        data = prepare_data(cfg, log)
+        shutil.copyfile(data.vocab.path, run / "vocab.model")
+    d.barrier()
+    if not d.is_main:
+        data = prepare_data(cfg, log)
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg, log)
-    shutil.copyfile(data.vocab.path, run / "vocab.model")
     model = Transformer(cfg.model).to(rt.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps,
                             weight_decay=cfg.train.weight_decay)
@@ -185,9 +226,12 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
         set_rng_state(saved_state["rng"])
         state = saved_state["train"]
         log(f"resumed {run} at step {state['step']}")
+    ddp = wrap(model, d)  # the same parameters; DDP all-reduces their gradients
+    batch_tokens = [sum(len(data.train[i][1]) + 1 for i in b) for b in data.train_batches]  # real target tokens
     n_params = sum(p.numel() for p in model.parameters())
     pad_frac = padding_fraction(data.train_batches, [(len(s), len(t)) for s, t in data.train])
-    log(f"model {n_params / 1e6:.2f}M parameters, wiring={cfg.model.wiring}, norm={cfg.model.norm}; {rt.describe()}")
+    log(f"model {n_params / 1e6:.2f}M parameters, wiring={cfg.model.wiring}, norm={cfg.model.norm}; {rt.describe()}"
+        + (f"; {d.world} ranks x accum {cfg.train.accum}" if d.world > 1 or cfg.train.accum > 1 else ""))
     log(f"data {cfg.data.source}: {len(data.train)} train pairs in {len(data.train_batches)} batches "
         f"(padding {100 * pad_frac:.1f}%), {len(data.dev)} dev; vocab {data.vocab.size}")
     subset = dev_subset(len(data.dev), cfg.train.dev_bleu_sentences)
@@ -197,7 +241,7 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
     window = {"loss": 0.0, "tokens": 0, "t": time.time()}
     steps_here = 0
     bar = _Bar(progress)
-    board = _tensorboard(run)
+    board = _tensorboard(run) if d.is_main else None
     last: dict = {}
 
     def save_checkpoint() -> None:
@@ -239,23 +283,24 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                 elapsed = time.time() - t_start - state["eval_s"]  # training time only
                 epoch_pos = state["epoch"] + state["pos"] / len(order)
                 prog = _progress(tc, state["step"], elapsed, epoch_pos)
-                if prog >= 1.0:
+                if d.any(prog >= 1.0):  # rank 0's clock decides for all under a time budget
                     break
                 if stop_after_steps is not None and steps_here >= stop_after_steps:
-                    save_checkpoint()
+                    if d.is_main:
+                        save_checkpoint()
+                    d.barrier()
                     return {"stopped_at": state["step"]}
-                batch = collate([data.train[i] for i in data.train_batches[order[state["pos"]]]]).to(rt.device)
+                step_batches, order = next_batches(state, order, d.world * tc.accum, tc.seed)
+                mine = [collate([data.train[i] for i in data.train_batches[b]]).to(rt.device)
+                        for b in shard(step_batches, d)]
                 state["step"] += 1
                 lr = lr_at(tc, state["step"], prog)
-                out = train_step(model, batch, opt, lr, tc, rt)
+                out = train_step(ddp, mine, opt, lr, tc, rt, total_tokens=sum(batch_tokens[b] for b in step_batches),
+                                 d=d)
                 steps_here += 1
-                state["pos"] += 1
-                if state["pos"] == len(order):
-                    state["epoch"], state["pos"] = state["epoch"] + 1, 0
-                    order = epoch_order(len(data.train_batches), seed=tc.seed, epoch=state["epoch"])
                 window["loss"] += out["loss"] * out["tokens"]
                 window["tokens"] += out["tokens"]
-                if state["step"] % tc.log_every == 0:
+                if state["step"] % tc.log_every == 0 and d.is_main:
                     dt = time.time() - window["t"]
                     rec = {"step": state["step"], "loss": window["loss"] / window["tokens"], "lr": lr,
                            "tok_s": window["tokens"] / max(dt, 1e-9), "epoch": round(epoch_pos, 3),
@@ -267,14 +312,22 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                             board.add_scalar(f"train/{k}", rec[k], state["step"])
                     window = {"loss": 0.0, "tokens": 0, "t": time.time()}
                 if state["step"] % tc.eval_every == 0:
-                    do_eval()
+                    if d.is_main:
+                        do_eval()
+                    d.barrier()
     except KeyboardInterrupt:
-        save_checkpoint()
+        if d.is_main:
+            save_checkpoint()
         raise Interrupted(
             f"interrupted at step {state['step']}; checkpoint saved - rerun the same command to resume") from None
+    if not d.is_main:
+        d.barrier()  # rank 0 evaluates and writes the final weights
+        return {"rank": d.rank, "step": state["step"]}
     if last.get("step") != state["step"]:
         do_eval()
-    return finish(cfg, run, model, data, rt, state, subset, log)
+    summary = finish(cfg, run, model, data, rt, state, subset, log)
+    d.barrier()
+    return summary
 
 
 def finish(cfg: RunConfig, run: Path, model: Transformer, data: Data, rt: Runtime, state: dict, subset: list[int],

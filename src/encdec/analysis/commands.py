@@ -66,7 +66,7 @@ def _table(title: str, rows: list[dict], cols: list[str], fmt: str = "{:.3f}") -
     for c in cols:
         t.add_column(c, justify="right")
     for r in rows:
-        t.add_row(*(fmt.format(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols))
+        t.add_row(*(fmt.format(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
     return t
 
 
@@ -189,7 +189,7 @@ def prune(checkpoint: Path = CHECKPOINT,
     _write_rows(rows, out / "prune.csv")
     prune_curves(rows, f"{checkpoint.name}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) vs heads pruned",
                  out / "prune.png")
-    show(_table("dev BLEU as heads are pruned", rows, ["kind", "heads_pruned", "heads", "score"], "{:.2f}"))
+    show(_table("dev BLEU as heads are pruned", rows, ["kind", "heads_pruned", "heads", "score", "variant"], "{:.2f}"))
     summary = {}
     for kind in P.KINDS:
         n = P.prunable(rows, kind, tolerance)

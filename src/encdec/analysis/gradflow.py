@@ -58,7 +58,7 @@ def training_norms(model, data, cfg, rt, steps: int, *, log=None) -> list[dict]:
     for step in range(1, steps + 1):
         idx = data.train_batches[order[(step - 1) % len(order)]]
         batch = collate([data.train[i] for i in idx]).to(rt.device)
-        stats = train_step(model, batch, opt, lr_at(tc, step, step / max(steps, 1)), tc, rt)
+        stats = train_step(model, [batch], opt, lr_at(tc, step, step / max(steps, 1)), tc, rt)
         unclip = max(1.0, stats["grad_norm"] / tc.clip_norm) if tc.clip_norm > 0 else 1.0
         records.append({"step": step, "loss": stats["loss"], "grad_norm": stats["grad_norm"], **norms(model, unclip)})
         if log and step % 50 == 0:

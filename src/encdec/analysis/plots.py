@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROLE_ABBR = {"positional-prev": "prev", "positional-same": "same", "positional-next": "next", "alignment": "align",
-             "eos-sink": "eos", "punctuation": "punct", "broad": "broad", "mixed": "·"}
+             "eos-sink": "eos", "punctuation": "punct", "broad": "broad", "mixed": "mixed"}
 
 
 def _save(fig, path: Path) -> Path:
