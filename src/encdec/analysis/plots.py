@@ -104,10 +104,11 @@ def latency(rows: list[dict], title: str, path: Path) -> Path:
         pts = [r for r in rows if r["axis"] == axis]
         x = [str(r["value"]) for r in pts] if axis == "wiring" else [r["value"] for r in pts]
         for key, label in (("encoder_ms", "encoder (1 sentence)"), ("decoder_step_ms", "decoder step (1 token)"),
-                           ("train_step_ms", "train step / 10")):
-            ax.plot(x, [r[key] / (10 if key == "train_step_ms" else 1) for r in pts], "o-", label=label)
+                           ("train_step_ms", "train step (~3k tokens)")):
+            ax.plot(x, [r[key] for r in pts], "o-", label=label)
         ax.set_xlabel(labels[axis])
-        ax.set_ylabel("milliseconds")
+        ax.set_ylabel("milliseconds (log scale)")
+        ax.set_yscale("log")
         if axis == "heads":
             ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
