@@ -1,0 +1,189 @@
+"""Training speed: encdec against torch.nn.Transformer and Hugging Face MarianMTModel, same work.
+
+Same config for all (d_model 256, 3+3 layers, 4 heads, d_ff 1024, shared vocabulary 8000,
+post-LN, dropout 0.1, AdamW, label smoothing 0.1), the same batches (128 rows, source and
+target lengths 20-32, padded; real target tokens counted), interleaved rounds (one step of
+each model per round, so drifts of a shared machine hit all alike), median tokens/s over the
+rounds after warm-up. Peak RSS is measured per model in a fresh subprocess (`--rss MODEL`).
+Peers are optional: a missing package skips its row.
+
+    .venv/bin/python benchmarks/train_speed.py [--rounds 15] [--precision fp32|bf16] [--dropout 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+V, D, H, FF, N, PAD, BOS = 8000, 256, 4, 1024, 3, 0, 2
+
+
+def batches(n: int, seed: int = 0, rows: int = 128):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        s_len = torch.randint(20, 33, (rows,), generator=g)
+        t_len = torch.randint(20, 33, (rows,), generator=g)
+        src = torch.randint(4, V, (rows, 32), generator=g)
+        tgt = torch.randint(4, V, (rows, 33), generator=g)
+        pos = torch.arange(33)
+        src[pos[None, :32] >= s_len[:, None]] = PAD
+        tgt[pos[None, :] > t_len[:, None]] = PAD  # BOS + t_len tokens
+        tgt[:, 0] = BOS
+        out.append((src, tgt[:, :-1], tgt[:, 1:]))
+    return out
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn.Transformer with a shared, sqrt(D)-scaled embedding plus sinusoids, and a tied output layer:
+    the paper's model written the way PyTorch's tutorial does."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        from encdec.model import sinusoids
+
+        self.embed = nn.Embedding(V, D, padding_idx=PAD)
+        self.register_buffer("pos", sinusoids(512, D), persistent=False)
+        self.core = nn.Transformer(D, H, N, N, FF, dropout, batch_first=True)
+
+    def _in(self, ids):
+        return self.embed(ids) * math.sqrt(D) + self.pos[: ids.size(1)]
+
+    def forward(self, src, tgt_in):
+        causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.size(1))
+        pad = src == PAD
+        y = self.core(self._in(src), self._in(tgt_in), tgt_mask=causal, src_key_padding_mask=pad,
+                      memory_key_padding_mask=pad, tgt_is_causal=True)
+        return y @ self.embed.weight.t()
+
+
+def build(name: str, dropout: float):
+    if name == "encdec":
+        from encdec.config import ModelConfig
+        from encdec.model import Transformer
+
+        model = Transformer(ModelConfig(vocab_size=V, d_model=D, n_heads=H, d_ff=FF, n_enc_layers=N, n_dec_layers=N,
+                                        dropout=dropout))
+        return model, lambda src, tgt_in: model(src, src != PAD, tgt_in).logits
+    if name == "torch.nn.Transformer":
+        model = TorchTransformer(dropout)
+        return model, model
+    if name == "hf-marian":
+        from transformers import MarianConfig, MarianMTModel
+
+        cfg = MarianConfig(vocab_size=V, d_model=D, encoder_layers=N, decoder_layers=N, encoder_attention_heads=H,
+                           decoder_attention_heads=H, encoder_ffn_dim=FF, decoder_ffn_dim=FF, dropout=dropout,
+                           activation_function="relu", pad_token_id=PAD, decoder_start_token_id=BOS, eos_token_id=3,
+                           scale_embedding=True, max_position_embeddings=512)
+        model = MarianMTModel(cfg)
+        return model, lambda src, tgt_in: model(input_ids=src, attention_mask=(src != PAD).long(),
+                                                decoder_input_ids=tgt_in).logits
+    raise ValueError(name)
+
+
+MODELS = ("encdec", "torch.nn.Transformer", "hf-marian")
+
+
+def step_fn(name: str, dropout: float, precision: str):
+    model, fwd = build(name, dropout)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else None
+
+    def step(src, tgt_in, tgt_out) -> int:
+        if amp is not None:
+            with amp:
+                logits = fwd(src, tgt_in)
+        else:
+            logits = fwd(src, tgt_in)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
+                               label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return int((tgt_out != PAD).sum())
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def available(names):
+    out = []
+    for n in names:
+        try:
+            build(n, 0.0)
+            out.append(n)
+        except ImportError as e:
+            print(f"skipping {n}: {e}", file=sys.stderr)
+    return out
+
+
+def rss_of(name: str, dropout: float, precision: str, steps: int) -> float:
+    """Peak RSS (MiB) of a fresh process that builds `name` and trains it for `steps` steps."""
+    p = subprocess.run([sys.executable, __file__, "--rss", name, "--dropout", str(dropout), "--precision", precision,
+                        "--rounds", str(steps)], capture_output=True, text=True)
+    return float(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else math.nan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rss", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    data = batches(4)
+    if args.rss:
+        step, _ = step_fn(args.rss, args.dropout, args.precision)
+        for i in range(args.rounds):
+            step(*data[i % len(data)])
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return
+    names = [n for n in args.models.split(",") if n]
+    # peak RSS first, while this process is still small: a child's high-water mark starts at its
+    # parent's RSS when forked (Linux keeps it across exec)
+    rss = {n: rss_of(n, args.dropout, args.precision, 5) for n in names}
+    names = available(names)
+    steps = {n: step_fn(n, args.dropout, args.precision) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.warmup + args.rounds):
+        for n in names:
+            batch = data[r % len(data)]
+            t0 = time.perf_counter()
+            tokens = steps[n][0](*batch)
+            if r >= args.warmup:
+                times[n].append(tokens / (time.perf_counter() - t0))
+    rows = []
+    for n in names:
+        rows.append({"model": n, "params": steps[n][1], "median_tok_s": statistics.median(times[n]),
+                     "min_tok_s": min(times[n]), "max_tok_s": max(times[n]),
+                     "peak_rss_mib": rss[n]})
+    base = next((r["median_tok_s"] for r in rows if r["model"] == "torch.nn.Transformer"), None)
+    if args.json:
+        print(json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        return
+    print(f"training, {args.precision}, dropout {args.dropout}, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} interleaved rounds; real target tokens per second")
+    print("| model | params | median tok/s | range | vs torch.nn.Transformer | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['median_tok_s'] / base:.2f}x" if base else ""
+        print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['median_tok_s']:,.0f} | "
+              f"{r['min_tok_s']:,.0f}-{r['max_tok_s']:,.0f} | {ratio} | {r['peak_rss_mib']:,.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
