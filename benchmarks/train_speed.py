@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from memory import peak_rss_mib, reset_peak_rss
 from torch import nn
 
 V, D, H, FF, N, PAD, BOS = 8000, 256, 4, 1024, 3, 0, 2
@@ -144,17 +144,17 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--rss", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss:
+        reset_peak_rss()
     torch.manual_seed(0)
     data = batches(4)
     if args.rss:
         step, _ = step_fn(args.rss, args.dropout, args.precision)
         for i in range(args.rounds):
             step(*data[i % len(data)])
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(peak_rss_mib())
         return
     names = [n for n in args.models.split(",") if n]
-    # peak RSS first, while this process is still small: a child's high-water mark starts at its
-    # parent's RSS when forked (Linux keeps it across exec)
     rss = {n: rss_of(n, args.dropout, args.precision, 5) for n in names}
     names = available(names)
     steps = {n: step_fn(n, args.dropout, args.precision) for n in names}

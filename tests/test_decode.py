@@ -112,3 +112,18 @@ def test_outputs_stop_at_source_length_plus_max_extra():
         assert len(hyp) <= n + 2
     for hyps, n in zip(beam_search(model, batch.src, batch.src_mask, beam=2, max_extra=2), lengths):
         assert len(hyps[0].tokens) <= n + 2
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_min_and_max_len_force_the_output_length(beam):
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    batch = random_batch(seed=4)
+    if beam == 1:
+        outs = greedy(model, batch.src, batch.src_mask, min_len=7, max_len=7)
+    else:
+        outs = [list(h[0].tokens) for h in beam_search(model, batch.src, batch.src_mask, beam=beam, min_len=7,
+                                                       max_len=7)]
+    assert [len(o) for o in outs] == [7] * batch.src.size(0)
+    short = greedy(model, batch.src, batch.src_mask, max_len=2)
+    assert all(len(o) <= 2 for o in short)

@@ -1,7 +1,9 @@
 """Greedy and beam search over `start_decoding` / `decode_step`, batched and incremental.
 
-Both stop a sentence at source length + `max_extra` tokens (the paper: input length + 50) by
-forcing end-of-sentence there.
+Both stop a sentence at source length + `max_extra` tokens (the paper: input length + 50), or
+at `max_len` when given, by forcing end-of-sentence there; `min_len` forbids end-of-sentence
+before that many tokens (with min_len = max_len every output has exactly that length, which is
+how benchmarks make decoders do equal work).
 """
 
 from __future__ import annotations
@@ -28,21 +30,25 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _limits(src_mask: Tensor, max_extra: int) -> Tensor:
-    return src_mask.sum(dim=1) + max_extra  # (B,) longest allowed output per sentence, EOS excluded
+def _limits(src_mask: Tensor, max_extra: int, max_len: int | None) -> Tensor:
+    limits = src_mask.sum(dim=1) + max_extra  # (B,) longest allowed output per sentence, EOS excluded
+    return limits if max_len is None else limits.clamp(max=max_len)
 
 
 @torch.inference_mode()
-def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50) -> list[list[int]]:
+def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50, max_len: int | None = None,
+           min_len: int = 0) -> list[list[int]]:
     """src (B, S) -> B token lists (no BOS/EOS)."""
     B = src.size(0)
-    limits = _limits(src_mask, max_extra)  # (B,)
+    limits = _limits(src_mask, max_extra, max_len)  # (B,)
     cache = model.start_decoding(src, src_mask)
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     out = []
     for t in range(int(limits.max()) + 1):
         logits, cache = model.decode_step(tokens, cache)  # (B, 1, V)
+        if t < min_len:
+            logits[:, -1, EOS] = float("-inf")
         nxt = logits[:, -1].argmax(dim=-1)  # (B,)
         nxt = torch.where(limits <= t, torch.full_like(nxt, EOS), nxt)
         nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
@@ -57,7 +63,7 @@ def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50) -> list
 
 @torch.inference_mode()
 def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float = 0.6, max_extra: int = 50,
-                nbest: int = 1) -> list[list[Hypothesis]]:
+                nbest: int = 1, max_len: int | None = None, min_len: int = 0) -> list[list[Hypothesis]]:
     """Batched beam search; returns per sentence the `nbest` best hypotheses, best first.
 
     Each step expands the B*K live rows and takes the top 2K candidates per sentence; an EOS
@@ -70,7 +76,7 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
     if beam < 1 or not 1 <= nbest <= beam:
         raise ValueError(f"beam={beam}, nbest={nbest}: need beam >= 1 and 1 <= nbest <= beam")
     B, K, dev = src.size(0), beam, src.device
-    limits = _limits(src_mask, max_extra).tolist()
+    limits = _limits(src_mask, max_extra, max_len).tolist()
     cache = model.start_decoding(src, src_mask).reorder(torch.arange(B, device=dev).repeat_interleave(K))
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # only the first copy of each sentence starts alive
@@ -81,6 +87,8 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
     for t in range(max(limits) + 1):
         logits, cache = model.decode_step(tokens, cache)  # (B*K, 1, V)
         logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B*K, V)
+        if t < min_len:
+            logp[:, EOS] = float("-inf")
         V = logp.size(-1)
         force = torch.tensor([lim <= t for lim in limits], device=dev).repeat_interleave(K)  # (B*K,)
         if bool(force.any()):

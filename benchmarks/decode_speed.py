@@ -1,0 +1,174 @@
+"""Decoding speed: encdec greedy and beam 4 against Hugging Face `generate` and CTranslate2, equal work.
+
+One trained run (default: the main job's) is exported to MarianMT and to CTranslate2
+(`encdec export`), so all decoders hold the same weights. Work: `--sentences` test sentences cut
+to their first `--src-len` pieces (those at least that long), batches of `--batch`, every output
+forced to exactly `--out-len` tokens (end-of-sentence forbidden before, forced after). Reported:
+sentences/s and output tokens/s (median of `--repeats` timed passes after one warm-up), peak
+RSS per decoder in a fresh process. Peers are optional.
+
+    .venv/bin/python benchmarks/decode_speed.py [--checkpoint runs/ablate-dropout0-lr2e-3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from memory import peak_rss_mib, reset_peak_rss
+
+DECODERS = ("encdec", "hf", "ct2-float32", "ct2-int8")
+
+
+def sources(run: Path, n: int, src_len: int) -> list[list[int]]:
+    from encdec.checkpoint import load_run
+    from encdec.data import load_corpus
+    from encdec.data.vocab import Vocab
+
+    cfg, _ = load_run(run)
+    vocab = Vocab(run / "vocab.model")
+    pairs = load_corpus(cfg.data.source, cfg.data.cache_dir).split("test")
+    ids = [s[:src_len] for s in vocab.encode([p.src for p in pairs]) if len(s) >= src_len]
+    if len(ids) < n:
+        raise SystemExit(f"only {len(ids)} test sentences have {src_len} pieces; lower --src-len or --sentences")
+    return ids[:n]
+
+
+def make_decoder(name: str, run: Path, export_dir: Path, beam: int, out_len: int, batch: int):
+    """A function that decodes a list of source id lists (each ending without EOS)."""
+    from encdec.data.batching import encode_sources
+
+    if name == "encdec":
+        from encdec.checkpoint import load_run
+        from encdec.decode import beam_search, greedy
+
+        _, model = load_run(run)
+        model.eval()
+
+        def run_encdec(srcs):
+            for i in range(0, len(srcs), batch):
+                src, mask = encode_sources(srcs[i : i + batch])
+                if beam == 1:
+                    greedy(model, src, mask, min_len=out_len, max_len=out_len)
+                else:
+                    beam_search(model, src, mask, beam=beam, min_len=out_len, max_len=out_len)
+
+        return run_encdec
+    if name == "hf":
+        from transformers import MarianMTModel
+
+        model = MarianMTModel.from_pretrained(export_dir / "hf", local_files_only=True).eval()
+
+        def run_hf(srcs):
+            for i in range(0, len(srcs), batch):
+                src, mask = encode_sources(srcs[i : i + batch])
+                with torch.inference_mode():
+                    model.generate(input_ids=src, attention_mask=mask.long(), num_beams=beam, do_sample=False,
+                                   min_new_tokens=out_len, max_new_tokens=out_len, early_stopping=False)
+
+        return run_hf
+    if name.startswith("ct2"):
+        import ctranslate2
+
+        from encdec.data.vocab import Vocab
+
+        vocab = Vocab(run / "vocab.model")
+        translator = ctranslate2.Translator(str(export_dir / name), device="cpu", inter_threads=1,
+                                            intra_threads=torch.get_num_threads())
+
+        def run_ct2(srcs):
+            tokens = [vocab.pieces(s) + ["</s>"] for s in srcs]
+            translator.translate_batch(tokens, max_batch_size=batch, beam_size=beam, min_decoding_length=out_len,
+                                       max_decoding_length=out_len)
+
+        return run_ct2
+    raise ValueError(name)
+
+
+def export_all(run: Path, out: Path) -> None:
+    from encdec.export import export_ct2, export_hf
+
+    export_hf(run, out / "hf")
+    for q in ("float32", "int8"):
+        try:
+            export_ct2(run, out / f"ct2-{q}", quantization=q)
+        except ValueError as e:
+            print(f"no CTranslate2 export: {e}", file=sys.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=Path("runs/ablate-dropout0-lr2e-3"))
+    ap.add_argument("--sentences", type=int, default=200)
+    ap.add_argument("--src-len", type=int, default=30)
+    ap.add_argument("--out-len", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--beams", default="1,4")
+    ap.add_argument("--decoders", default=",".join(DECODERS))
+    ap.add_argument("--rss", nargs=3, help=argparse.SUPPRESS)  # NAME BEAM EXPORT_DIR
+    args = ap.parse_args()
+    if args.rss:
+        reset_peak_rss()
+    srcs = sources(args.checkpoint, args.sentences, args.src_len)
+    if args.rss:
+        name, beam, export_dir = args.rss
+        make_decoder(name, args.checkpoint, Path(export_dir), int(beam), args.out_len, args.batch)(srcs)
+        print(peak_rss_mib())
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = Path(tmp)
+        names = [n for n in args.decoders.split(",") if n]
+        beams = [int(b) for b in args.beams.split(",")]
+        export_all(args.checkpoint, export_dir)
+        rss = {}
+        for n in names:
+            for b in beams:
+                p = subprocess.run([sys.executable, __file__, "--checkpoint", str(args.checkpoint), "--sentences",
+                                    str(args.sentences), "--src-len", str(args.src_len), "--out-len",
+                                    str(args.out_len), "--batch", str(args.batch), "--rss", n, str(b), str(export_dir)],
+                                   capture_output=True, text=True)
+                rss[n, b] = float(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else math.nan
+                if p.returncode:
+                    print(f"{n} beam {b} failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        for b in beams:
+            decoders = {}
+            for n in names:
+                try:
+                    decoders[n] = make_decoder(n, args.checkpoint, export_dir, b, args.out_len, args.batch)
+                except (ImportError, OSError, RuntimeError) as e:
+                    print(f"skipping {n}: {e}", file=sys.stderr)
+            times = {n: [] for n in decoders}
+            for r in range(args.repeats + 1):  # interleaved; the first pass is a warm-up
+                for n, fn in decoders.items():
+                    t0 = time.perf_counter()
+                    fn(srcs)
+                    if r:
+                        times[n].append(time.perf_counter() - t0)
+            for n in decoders:
+                sec = statistics.median(times[n])
+                rows.append({"decoder": n, "beam": b, "sent_s": len(srcs) / sec,
+                             "tok_s": len(srcs) * args.out_len / sec, "peak_rss_mib": rss.get((n, b), math.nan)})
+    print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}))
+    print(f"decoding {len(srcs)} sentences of {args.src_len} source pieces, outputs forced to {args.out_len} tokens, "
+          f"batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print("| decoder | beam | sentences/s | tokens/s | vs ct2-float32 | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ref = next((x["sent_s"] for x in rows if x["decoder"] == "ct2-float32" and x["beam"] == r["beam"]), None)
+        ratio = f"{r['sent_s'] / ref:.2f}x" if ref else ""
+        print(f"| {r['decoder']} | {r['beam']} | {r['sent_s']:.1f} | {r['tok_s']:,.0f} | {ratio} | "
+              f"{r['peak_rss_mib']:,.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
