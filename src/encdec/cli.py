@@ -360,7 +360,14 @@ def study(
 
     Writes results.csv/json/md and plots to the study folder; every run is an ordinary run folder.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from encdec import study as S
 
@@ -406,14 +413,21 @@ def study(
         from encdec.train import Interrupted, fit
 
         rt = runtime(device, base.train.precision)
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*columns, console=console, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("study", total=len(todo))
             for i, r in enumerate(todo, start=1):
-                bar.update(task, description=f"run {i}/{len(todo)}: {r.folder}")
-                log(f"run {i}/{len(todo)}: {r.folder}")
+                head = f"run {i}/{len(todo)}: {r.folder}"
+                bar.update(task, description=head)
+                log(head)
+
+                def run_log(msg: str, head: str = head) -> None:  # the current run's latest news on the bar
+                    log(msg)
+                    bar.update(task, description=f"{head} | {msg[:60]}")
+
                 try:
-                    fit(r.cfg, study_dir / r.folder, rt, log=log, progress=False)
+                    fit(r.cfg, study_dir / r.folder, rt, log=run_log, progress=False)
                     score_run(study_dir / r.folder, "test", rt, beam=beam, limit=limit)
                 except Interrupted as e:
                     console.print(f"[yellow]{e}[/]  (rerun the study command to resume)")
