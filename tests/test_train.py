@@ -4,6 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from encdec import checkpoint as ckpt
 from encdec.checkpoint import load_run
 from encdec.config import DataConfig, RunConfig, TrainConfig, preset
 from encdec.data import load_corpus
@@ -45,6 +46,38 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     a, b = load_run(tmp_path / "straight")[1], load_run(tmp_path / "resumed")[1]
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path):
+    """A run killed between checkpoints logged steps it will repeat: the log must not hold them twice."""
+    cfg = copy_config(tmp_path, max_steps=8)
+    fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=3)
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as f:  # what the killed process wrote after step 3
+        f.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + json.dumps({"final": {"x": 1}}) + "\n")
+    fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
+def test_optimizer_state_is_matched_to_parameters_by_name():
+    """A checkpoint whose parameter order differs from the current module order (code moved a
+    submodule) still gives every parameter its own Adam moments; a misfit is a clear error."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    saved = ckpt.optimizer_state(opt, model)
+    order = [3, 2, 1, 0]  # the same state, written by a model that registered its parameters in reverse
+    shuffled = {**saved, "state": {i: saved["state"][j] for i, j in enumerate(order)},
+                "param_names": [saved["param_names"][j] for j in order],
+                "param_groups": [{**saved["param_groups"][0], "params": [0, 1, 2, 3]}]}
+    fresh = torch.optim.AdamW(model.parameters())
+    ckpt.load_optimizer(fresh, model, shuffled)
+    for p in model.parameters():
+        assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+    legacy = {k: v for k, v in shuffled.items() if k != "param_names"}  # old checkpoints: by position
+    with pytest.raises(ValueError, match="does not fit parameter"):
+        ckpt.load_optimizer(torch.optim.AdamW(model.parameters()), model, legacy)
 
 
 def test_resume_refuses_a_different_config(tmp_path):

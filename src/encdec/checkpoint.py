@@ -13,6 +13,7 @@ runs/NAME/
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -67,6 +68,31 @@ def load_state(folder: Path, model: torch.nn.Module) -> dict:
         raise ValueError(f"cannot read training state {folder / 'state.pt'}: {e}") from None
 
 
+def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    """The optimizer's state dict plus the parameter names in its order, so a checkpoint still
+    resumes after the code registers the model's modules in another order."""
+    return {**opt.state_dict(), "param_names": [n for n, _ in model.named_parameters()]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module, saved: dict) -> None:
+    """Load `optimizer_state` output, matching parameters by name (by position for old checkpoints)."""
+    saved = dict(saved)
+    names = saved.pop("param_names", None)
+    if names is not None:
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        saved_id = {n: i for i, n in enumerate(names)}
+        if set(saved_id) != set(name_of.values()):
+            raise ValueError(f"optimizer state is for other parameters: {sorted(set(saved_id) ^ set(name_of.values()))[:5]}")
+        saved["param_groups"] = [{**g, "params": [saved_id[name_of[id(p)]] for p in cur["params"]]}
+                                 for g, cur in zip(saved["param_groups"], opt.param_groups)]
+    opt.load_state_dict(saved)
+    for n, p in model.named_parameters():
+        moment = opt.state.get(p, {}).get("exp_avg")
+        if moment is not None and moment.shape != p.shape:
+            raise ValueError(f"optimizer state does not fit parameter {n}: {tuple(moment.shape)} vs {tuple(p.shape)} "
+                             "(a checkpoint from another code version; add its parameter order as 'param_names')")
+
+
 def write_config(run: Path, cfg: RunConfig) -> None:
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / "config.json.tmp"
@@ -91,6 +117,21 @@ def load_run(run: Path, *, weights: str = "model.safetensors") -> tuple[RunConfi
     load_weights(model, path)
     model.eval()
     return cfg, model
+
+
+def trim_metrics(run: Path, step: int) -> int:
+    """Drop the log records written after the checkpoint at `step` (a run killed past its last
+    checkpoint repeats those steps on resume) and any earlier final summary. Returns how many."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", math.inf) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
 
 
 def append_metrics(run: Path, record: dict) -> None:

@@ -222,10 +222,11 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
              "snapshots": []}
     if resumed:
         saved_state = ckpt.load_state(run / "checkpoint", model)
-        opt.load_state_dict(saved_state["optimizer"])
+        ckpt.load_optimizer(opt, model, saved_state["optimizer"])
         set_rng_state(saved_state["rng"])
         state = saved_state["train"]
-        log(f"resumed {run} at step {state['step']}")
+        dropped = ckpt.trim_metrics(run, state["step"]) if d.is_main else 0
+        log(f"resumed {run} at step {state['step']}" + (f" (dropped {dropped} log records written after it)" if dropped else ""))
     ddp = wrap(model, d)  # the same parameters; DDP all-reduces their gradients
     batch_tokens = [sum(len(data.train[i][1]) + 1 for i in b) for b in data.train_batches]  # real target tokens
     n_params = sum(p.numel() for p in model.parameters())
@@ -246,7 +247,8 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
 
     def save_checkpoint() -> None:
         state["elapsed"] = time.time() - t_start
-        ckpt.save_state(run / "checkpoint", model, {"optimizer": opt.state_dict(), "rng": rng_state(), "train": state,
+        ckpt.save_state(run / "checkpoint", model, {"optimizer": ckpt.optimizer_state(opt, model), "rng": rng_state(),
+                                                     "train": state,
                                                      "config": to_dict(cfg)})
 
     def do_eval() -> None:
