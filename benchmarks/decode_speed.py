@@ -5,7 +5,8 @@ One trained run (default: the main job's) is exported to MarianMT and to CTransl
 to their first `--src-len` pieces (those at least that long), batches of `--batch`, every output
 forced to exactly `--out-len` tokens (end-of-sentence forbidden before, forced after). Reported:
 sentences/s and output tokens/s (median of `--repeats` timed passes after one warm-up), peak
-RSS per decoder in a fresh process. Peers are optional.
+RSS per decoder in a fresh process. `encdec-int8` is encdec with `encdec.quantize.quantize_int8`.
+Peers are optional.
 
     .venv/bin/python benchmarks/decode_speed.py [--checkpoint runs/ablate-dropout0-lr2e-3]
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from memory import peak_rss_mib, reset_peak_rss
 
-DECODERS = ("encdec", "hf", "ct2-float32", "ct2-int8")
+DECODERS = ("encdec", "encdec-int8", "hf", "ct2-float32", "ct2-int8")
 
 
 def sources(run: Path, n: int, src_len: int) -> list[list[int]]:
@@ -46,12 +47,13 @@ def make_decoder(name: str, run: Path, export_dir: Path, beam: int, out_len: int
     """A function that decodes a list of source id lists (each ending without EOS)."""
     from encdec.data.batching import encode_sources
 
-    if name == "encdec":
+    if name in ("encdec", "encdec-int8"):
         from encdec.checkpoint import load_run
         from encdec.decode import beam_search, greedy
+        from encdec.quantize import quantize_int8
 
         _, model = load_run(run)
-        model.eval()
+        model = quantize_int8(model) if name == "encdec-int8" else model.eval()
 
         def run_encdec(srcs):
             for i in range(0, len(srcs), batch):

@@ -34,3 +34,20 @@ def batch():
 def model(request):
     torch.manual_seed(0)
     return Transformer(tiny(norm=request.param)).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """A tiny model trained for 150 steps on synthetic:reverse (shared by the export and int8 tests)."""
+    from typer.testing import CliRunner
+
+    from encdec.cli import app
+
+    tmp = tmp_path_factory.mktemp("trained-tiny")
+    out = tmp / "run"
+    args = ["train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", "150", "--out", str(out),
+            "--no-evaluate", "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "train.max_tokens=1000",
+            "--set", "train.warmup_steps=20", "--set", "train.eval_every=1000"]
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out

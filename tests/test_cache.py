@@ -8,7 +8,7 @@ def test_reorder_selects_rows_element_by_element():
     g = torch.Generator().manual_seed(0)
     layers = [LayerCache(*(torch.randn(B, H, n, Dh, generator=g) for n in (t, t, S, S))) for _ in range(2)]
     mask = torch.rand(B, S, generator=g) > 0.3
-    cache = DecoderCache(layers, mask)
+    cache = DecoderCache(layers, mask, length=t)
     rows = torch.tensor([2, 0, 0, 3])
     out = cache.reorder(rows)
     for r, src_row in enumerate(rows.tolist()):
@@ -18,3 +18,15 @@ def test_reorder_selects_rows_element_by_element():
                 assert torch.equal(getattr(new, name)[r], getattr(old, name)[src_row])
     assert out.length == t and out.batch_size == 4
     assert cache.layers[0].k.size(0) == B  # the original is untouched
+
+
+def test_reserve_grows_the_buffers_and_keeps_the_filled_positions():
+    B, H, cap, S, Dh = 2, 2, 4, 3, 5
+    g = torch.Generator().manual_seed(1)
+    layers = [LayerCache(*(torch.randn(B, H, n, Dh, generator=g) for n in (cap, cap, S, S)))]
+    cache = DecoderCache(layers, torch.ones(B, S, dtype=torch.bool), length=3)
+    assert cache.reserve(1) is cache  # room for one more: nothing to do
+    grown = cache.reserve(2)
+    assert grown.capacity == 16 and grown.length == 3
+    assert torch.equal(grown.layers[0].k[:, :, :3], layers[0].k[:, :, :3])
+    assert grown.layers[0].cross_k is layers[0].cross_k

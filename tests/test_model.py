@@ -17,6 +17,22 @@ def incremental_logits(model, batch):
     return torch.cat(steps, 1)
 
 
+@pytest.mark.parametrize("capacity", [0, 1, 40])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_incremental_equals_full_across_cache_growth_and_chunks(capacity, chunk):
+    """Preallocated, too-small (grown by doubling) and empty caches; one or several tokens per step."""
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    batch = random_batch(n=6)  # targets up to 17 tokens: a capacity of 1 grows to 16, then 32
+    full = model(batch.src, batch.src_mask, batch.tgt_in).logits
+    cache, steps = model.start_decoding(batch.src, batch.src_mask, capacity=capacity), []
+    for t in range(0, batch.tgt_in.size(1), chunk):
+        logits, cache = model.decode_step(batch.tgt_in[:, t : t + chunk], cache)
+        steps.append(logits)
+    assert cache.length == batch.tgt_in.size(1) and cache.capacity >= cache.length
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("wiring", WIRINGS)
 @pytest.mark.parametrize("norm", ["post", "pre"])
 @pytest.mark.parametrize("depths", [(2, 2), (3, 2)])

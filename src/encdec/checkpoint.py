@@ -82,7 +82,8 @@ def load_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module, saved: di
         name_of = {id(p): n for n, p in model.named_parameters()}
         saved_id = {n: i for i, n in enumerate(names)}
         if set(saved_id) != set(name_of.values()):
-            raise ValueError(f"optimizer state is for other parameters: {sorted(set(saved_id) ^ set(name_of.values()))[:5]}")
+            odd = sorted(set(saved_id) ^ set(name_of.values()))
+            raise ValueError(f"optimizer state is for other parameters: {odd[:5]}")
         saved["param_groups"] = [{**g, "params": [saved_id[name_of[id(p)]] for p in cur["params"]]}
                                  for g, cur in zip(saved["param_groups"], opt.param_groups)]
     opt.load_state_dict(saved)

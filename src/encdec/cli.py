@@ -160,6 +160,7 @@ def _launch_torchrun(nproc: int) -> None:
 def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `encdec train`."),
               beam: int = typer.Option(4, help="Beam size (1 = greedy)."),
               alpha: float = typer.Option(0.6, help="Length penalty exponent."),
+              int8: bool = typer.Option(False, "--int8", help="Decode with int8 weights (CPU; see `encdec.quantize`)."),
               device: str = typer.Option("auto")):
     """Translate lines from stdin to stdout, one for one (an empty line gives an empty line)."""
     from encdec.checkpoint import load_run
@@ -169,10 +170,14 @@ def translate(checkpoint: Path = typer.Option(..., help="Run folder written by `
     try:
         cfg, model = load_run(checkpoint)
         vocab = Vocab(checkpoint / "vocab.model")
-        rt = runtime(device, cfg.train.precision)
+        rt = runtime(device, "fp32" if int8 else cfg.train.precision)  # int8 kernels take fp32 activations
+        model.to(rt.device)
+        if int8:
+            from encdec.quantize import quantize_int8
+
+            model = quantize_int8(model)
     except ValueError as e:
         fail(str(e))
-    model.to(rt.device)
     lines = sys.stdin.read().splitlines()
     ids = vocab.encode([line.strip() for line in lines])
     keep = [i for i, line in enumerate(lines) if line.strip()]
@@ -192,6 +197,7 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
              beam: int = typer.Option(4, help="Beam size (1 = greedy)."),
              alpha: float = typer.Option(0.6, help="Length penalty exponent."),
              as_json: bool = typer.Option(False, "--json"),
+             int8: bool = typer.Option(False, "--int8", help="Decode with int8 weights (CPU; see `encdec.quantize`)."),
              device: str = typer.Option("auto"),
              limit: int = typer.Option(0, help="Score only the first N sentences (0 = all).")):
     """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV.
@@ -206,10 +212,10 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
         fail(f"--split={split!r}; choose dev, test or train")
     try:
         cfg, _ = load_run(checkpoint)
-        rt = runtime(device, cfg.train.precision)
+        rt = runtime(device, "fp32" if int8 else cfg.train.precision)
         with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task(f"translating {split} (beam {beam})", total=None)
-            result = score_run(checkpoint, split, rt, beam=beam, alpha=alpha, limit=limit, log=log,
+            result = score_run(checkpoint, split, rt, beam=beam, alpha=alpha, limit=limit, int8=int8, log=log,
                                on_start=lambda n: bar.update(task, total=n),
                                on_batch=lambda n: bar.advance(task, n))
     except ValueError as e:
@@ -217,7 +223,8 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{split}: {result['sentences']} sentences, beam {beam}, {result['sent_per_s']} sent/s; "
+    print(f"{split}: {result['sentences']} sentences, beam {beam}{', int8' if int8 else ''}, "
+          f"{result['sent_per_s']} sent/s; "
           f"hypotheses in {result['hypotheses']}")
     print(f"BLEU = {result['bleu']:.2f}  chrF = {result['chrf']:.2f}   (reference: WEB)   {result['bleu_signature']}")
     if "bleu_2refs" in result:

@@ -41,7 +41,7 @@ def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50, max_len
     """src (B, S) -> B token lists (no BOS/EOS)."""
     B = src.size(0)
     limits = _limits(src_mask, max_extra, max_len)  # (B,)
-    cache = model.start_decoding(src, src_mask)
+    cache = model.start_decoding(src, src_mask, capacity=int(limits.max()) + 1)
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     out = []
@@ -77,7 +77,8 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
         raise ValueError(f"beam={beam}, nbest={nbest}: need beam >= 1 and 1 <= nbest <= beam")
     B, K, dev = src.size(0), beam, src.device
     limits = _limits(src_mask, max_extra, max_len).tolist()
-    cache = model.start_decoding(src, src_mask).reorder(torch.arange(B, device=dev).repeat_interleave(K))
+    cache = model.start_decoding(src, src_mask, capacity=max(limits) + 1)
+    cache = cache.reorder(torch.arange(B, device=dev).repeat_interleave(K))
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # only the first copy of each sentence starts alive
     history = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, t)

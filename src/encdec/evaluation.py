@@ -16,17 +16,20 @@ from encdec.data import load_corpus
 from encdec.data.vocab import Vocab
 from encdec.decode import translate_ids
 from encdec.metrics import bleu, chrf
+from encdec.quantize import quantize_int8
 
 
-def result_path(run: Path, split: str, beam: int) -> Path:
-    return Path(run) / f"eval.{split}.beam{beam}.json"
+def result_path(run: Path, split: str, beam: int, int8: bool = False) -> Path:
+    return Path(run) / f"eval.{split}.beam{beam}{'.int8' if int8 else ''}.json"
 
 
-def score_run(run: Path, split: str, rt, *, beam: int = 4, alpha: float = 0.6, limit: int = 0, log=None,
+def score_run(run: Path, split: str, rt, *, beam: int = 4, alpha: float = 0.6, limit: int = 0, int8: bool = False,
+              log=None,
               on_start: Callable[[int], None] | None = None,
               on_batch: Callable[[int], None] | None = None) -> dict:
     """BLEU and chrF (sacreBLEU) of the run's final weights on `split` (first `limit` sentences if > 0),
-    against the main reference and, where the corpus has one, a second reference."""
+    against the main reference and, where the corpus has one, a second reference. With `int8` the
+    weights are quantized first (`encdec.quantize`) and the files get an `.int8` suffix."""
     run = Path(run)
     cfg, model = load_run(run)
     vocab = Vocab(run / "vocab.model")
@@ -36,15 +39,18 @@ def score_run(run: Path, split: str, rt, *, beam: int = 4, alpha: float = 0.6, l
     if on_start:
         on_start(len(pairs))
     model.to(rt.device)
+    if int8:
+        model = quantize_int8(model)
     t0 = time.time()
     hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
                             on_batch=on_batch)
     seconds = time.time() - t0
     hyps = [vocab.decode(h) for h in hyp_ids]
-    hyp_file = run / f"hyps.{split}.beam{beam}.txt"
+    hyp_file = run / f"hyps.{split}.beam{beam}{'.int8' if int8 else ''}.txt"
     hyp_file.write_text("".join(h + "\n" for h in hyps))
     refs = [p.tgt for p in pairs]
-    result = {"split": split, "sentences": len(pairs), "beam": beam, "alpha": alpha, "seconds": round(seconds, 1),
+    result = {"split": split, "sentences": len(pairs), "beam": beam, "alpha": alpha, "int8": int8,
+              "seconds": round(seconds, 1),
               "sent_per_s": round(len(pairs) / max(seconds, 1e-9), 1), "hypotheses": str(hyp_file)}
     b1, c1 = bleu(hyps, [refs]), chrf(hyps, [refs])
     result.update({"bleu": round(b1.score, 2), "chrf": round(c1.score, 2), "bleu_signature": b1.signature,
@@ -54,5 +60,5 @@ def score_run(run: Path, split: str, rt, *, beam: int = 4, alpha: float = 0.6, l
         b2, c2 = bleu(hyps, [refs, second]), chrf(hyps, [refs, second])
         result.update({"bleu_2refs": round(b2.score, 2), "chrf_2refs": round(c2.score, 2),
                        "bleu_2refs_signature": b2.signature})
-    result_path(run, split, beam).write_text(json.dumps(result, indent=2) + "\n")
+    result_path(run, split, beam, int8).write_text(json.dumps(result, indent=2) + "\n")
     return result

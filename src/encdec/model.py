@@ -14,13 +14,13 @@ decoding, incremental decoding and beam search alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encdec.cache import DecoderCache, LayerCache
+from encdec.cache import DecoderCache, LayerCache, empty_self_cache
 from encdec.config import ModelConfig
 from encdec.wiring import Wiring
 
@@ -87,16 +87,24 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.inner_dim, cfg.d_model)
         self.register_buffer("head_gate", None, persistent=False)  # (H,) or None; see the module docstring
 
-    def forward(self, x: Tensor, mask: Tensor | None, *, causal: bool, past: tuple[Tensor, Tensor] | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x (B, T, D) -> (out (B, T, D), k (B, H, t+T, Dh), v, weights or None). `past` = cached (k, v)."""
+    def forward(self, x: Tensor, mask: Tensor | None, *, causal: bool,
+                past: tuple[Tensor, Tensor, int] | None = None, need_weights: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, D) -> (out (B, T, D), weights or None).
+
+        `past` = (k, v, t) while decoding: buffers (B, H, capacity, Dh) holding the keys and values of
+        positions 0..t-1; this call writes positions t..t+T-1 into them and attends over 0..t+T-1.
+        """
         q, k, v = (_split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, Dh) each
         if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, t+T, Dh)
-            v = torch.cat([past[1], v], dim=2)
+            k_buf, v_buf, t = past
+            end = t + k.size(2)
+            k_buf[:, :, t:end] = k
+            v_buf[:, :, t:end] = v
+            k, v = k_buf[:, :, :end], v_buf[:, :, :end]  # (B, H, t+T, Dh)
         p = self.attn_dropout if self.training else 0.0
         ctx, w = attend(q, k, v, mask, causal=causal, dropout=p, need_weights=need_weights)
-        return self.out(_merge_heads(_gate_heads(ctx, self.head_gate))), k, v, w
+        return self.out(_merge_heads(_gate_heads(ctx, self.head_gate))), w
 
 
 class CrossAttention(nn.Module):
@@ -150,11 +158,11 @@ class EncoderLayer(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """x (B, S, D), mask (B, 1, 1, S) -> (B, S, D)."""
         if self.pre:  # x + Sublayer(LayerNorm(x))
-            a, _, _, w = self.self_attn(self.norm1(x), mask, causal=False, need_weights=need_weights)
+            a, w = self.self_attn(self.norm1(x), mask, causal=False, need_weights=need_weights)
             x = x + self.drop(a)
             return x + self.drop(self.ffn(self.norm2(x))), w
         # post-LN, as in the paper: LayerNorm(x + Sublayer(x))
-        a, _, _, w = self.self_attn(x, mask, causal=False, need_weights=need_weights)
+        a, w = self.self_attn(x, mask, causal=False, need_weights=need_weights)
         x = self.norm1(x + self.drop(a))
         return self.norm2(x + self.drop(self.ffn(x))), w
 
@@ -173,22 +181,22 @@ class DecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model) if cfg.n_enc_layers else None
 
     def forward(self, y: Tensor, cross_k: Tensor | None, cross_v: Tensor | None, memory_mask: Tensor | None,
-                past: tuple[Tensor, Tensor] | None, need_weights: bool):
-        """y (B, T, D) -> (y, self k, self v (B, H, t+T, Dh), self weights, cross weights)."""
+                past: tuple[Tensor, Tensor, int] | None, need_weights: bool):
+        """y (B, T, D) -> (y, self weights, cross weights); `past` as in SelfAttention.forward."""
         wc = None
         if self.pre:
-            a, k, v, ws = self.self_attn(self.norm1(y), None, causal=True, past=past, need_weights=need_weights)
+            a, ws = self.self_attn(self.norm1(y), None, causal=True, past=past, need_weights=need_weights)
             y = y + self.drop(a)
             if self.cross_attn is not None:
                 c, wc = self.cross_attn(self.norm2(y), cross_k, cross_v, memory_mask, need_weights)
                 y = y + self.drop(c)
-            return y + self.drop(self.ffn(self.norm3(y))), k, v, ws, wc
-        a, k, v, ws = self.self_attn(y, None, causal=True, past=past, need_weights=need_weights)
+            return y + self.drop(self.ffn(self.norm3(y))), ws, wc
+        a, ws = self.self_attn(y, None, causal=True, past=past, need_weights=need_weights)
         y = self.norm1(y + self.drop(a))
         if self.cross_attn is not None:
             c, wc = self.cross_attn(y, cross_k, cross_v, memory_mask, need_weights)
             y = self.norm2(y + self.drop(c))
-        return self.norm3(y + self.drop(self.ffn(y))), k, v, ws, wc
+        return self.norm3(y + self.drop(self.ffn(y))), ws, wc
 
 
 def sinusoids(length: int, d_model: int) -> Tensor:
@@ -325,7 +333,7 @@ class Transformer(nn.Module):
         for layer, memory in zip(self.decoder, memories):
             # each layer has its own W_K, W_V
             k, v = layer.cross_attn.project_memory(memory) if memory is not None else (None, None)
-            y, _, _, ws, wc = layer(y, k, v, memory_mask, None, return_attn)
+            y, ws, wc = layer(y, k, v, memory_mask, None, return_attn)
             self_w.append(ws)
             cross_w.append(wc)
         logits = self.logits(y)
@@ -334,26 +342,30 @@ class Transformer(nn.Module):
         return ModelOutput(logits, enc_w, self_w, cross_w)
 
     @torch.no_grad()
-    def start_decoding(self, src: Tensor, src_mask: Tensor) -> DecoderCache:
-        """Run the encoder once and project each decoder layer's memory to cross K/V once."""
+    def start_decoding(self, src: Tensor, src_mask: Tensor, capacity: int = 0) -> DecoderCache:
+        """Run the encoder once and project each decoder layer's memory to cross K/V once.
+
+        `capacity`: target tokens to preallocate self-attention K/V for (the cache grows if needed)."""
         if self.cfg.kind != "encoder-decoder":
             raise ValueError(f"decoding needs an encoder-decoder model, not a {self.cfg.kind}-only one")
         states, _ = self.encode(src, src_mask)
         memories, memory_mask = self.wiring(states, src_mask)
         B, H = src.size(0), self.cfg.n_heads
-        empty = torch.zeros(B, H, 0, self.cfg.head_dim, dtype=memories[0].dtype, device=src.device)  # (B, H, 0, Dh)
         layers = []
         for layer, memory in zip(self.decoder, memories):
             ck, cv = layer.cross_attn.project_memory(memory)
-            layers.append(LayerCache(empty, empty, ck, cv))
+            k, v = (empty_self_cache(B, H, capacity, self.cfg.head_dim, like=memory) for _ in range(2))
+            layers.append(LayerCache(k, v, ck, cv))
         return DecoderCache(layers, memory_mask)
 
     @torch.no_grad()
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
-        """tokens (B, 1) at position cache.length -> (logits (B, 1, V), cache one step longer)."""
+        """tokens (B, T) at positions cache.length.. -> (logits (B, T, V), cache T steps longer).
+
+        Writes into the cache's buffers (see `encdec.cache`)."""
+        T = tokens.size(1)
+        cache = cache.reserve(T)
         y = self._embed(tokens, offset=cache.length)
-        new_layers = []
         for layer, c in zip(self.decoder, cache.layers):
-            y, k, v, _, _ = layer(y, c.cross_k, c.cross_v, cache.memory_mask, (c.k, c.v), False)
-            new_layers.append(LayerCache(k, v, c.cross_k, c.cross_v))
-        return self.logits(y), DecoderCache(new_layers, cache.memory_mask)
+            y, _, _ = layer(y, c.cross_k, c.cross_v, cache.memory_mask, (c.k, c.v, cache.length), False)
+        return self.logits(y), replace(cache, length=cache.length + T)

@@ -226,7 +226,8 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
         set_rng_state(saved_state["rng"])
         state = saved_state["train"]
         dropped = ckpt.trim_metrics(run, state["step"]) if d.is_main else 0
-        log(f"resumed {run} at step {state['step']}" + (f" (dropped {dropped} log records written after it)" if dropped else ""))
+        log(f"resumed {run} at step {state['step']}"
+            + (f" (dropped {dropped} log records written after it)" if dropped else ""))
     ddp = wrap(model, d)  # the same parameters; DDP all-reduces their gradients
     batch_tokens = [sum(len(data.train[i][1]) + 1 for i in b) for b in data.train_batches]  # real target tokens
     n_params = sum(p.numel() for p in model.parameters())
