@@ -1,17 +1,22 @@
 """Where one training step of the `small` preset spends its time on this CPU, and the GEMM ceiling.
 
-usage: .venv/bin/python benchmarks/profile_step.py
-Random tokens, a batch of 128 x 30 source / 32 target tokens, fp32, all cores.
+usage: .venv/bin/python benchmarks/profile_step.py [DROPOUT]   (default 0, the main job's)
+Random tokens, a batch of 128 x 30 source / 32 target tokens, fp32, all cores, encdec's own
+training step (`encdec.train.train_step`).
 """
 
+import sys
 import time
+from dataclasses import replace
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from encdec.config import preset
-from encdec.metrics import sequence_loss
+from encdec.config import TrainConfig, preset
+from encdec.data.batching import Batch
 from encdec.model import Transformer
+from encdec.runtime import Runtime
+from encdec.train import make_optimizer, train_step
 
 
 def timed(fn, repeats: int) -> float:
@@ -32,18 +37,16 @@ def main() -> None:
     print(f"torch.mm 4096x256 @ 256x1024: {2 * 4096 * 256 * 1024 / dt / 1e9:.0f} GFLOP/s bf16")
 
     torch.manual_seed(0)
-    model = Transformer(preset("small"))
+    dropout = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
+    model = Transformer(replace(preset("small"), dropout=dropout))
     B, S, T = 128, 30, 32
     src, tgt = torch.randint(4, 8000, (B, S)), torch.randint(4, 8000, (B, T))
-    mask = torch.ones(B, S, dtype=torch.bool)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = Batch(src, torch.ones(B, S, dtype=torch.bool), tgt, tgt)
+    tc = TrainConfig(lr=1e-4, max_steps=1)
+    opt, rt = make_optimizer(model, tc), Runtime.create("cpu", "fp32")
 
     def step():
-        logits = model(src, mask, tgt).logits
-        loss, _, n = sequence_loss(logits, tgt, pad_id=0, smoothing=0.1)
-        opt.zero_grad()
-        (loss / n).backward()
-        opt.step()
+        train_step(model, [batch], opt, tc.lr, tc, rt)
 
     dt = timed(step, 5)
     print(f"training step: {dt:.2f} s, {B * T / dt:.0f} target tokens/s")

@@ -5,7 +5,9 @@ post-LN, dropout 0.1, AdamW, label smoothing 0.1), the same batches (128 rows, s
 target lengths 20-32, padded; real target tokens counted), interleaved rounds (one step of
 each model per round, so drifts of a shared machine hit all alike), median tokens/s over the
 rounds after warm-up. Peak RSS is measured per model in a fresh subprocess (`--rss MODEL`).
-Peers are optional: a missing package skips its row.
+encdec runs its own training step (`encdec.train.train_step`: output layer fused with the loss,
+fused AdamW); the peers the usual logits + `F.cross_entropy` + AdamW. Peers are optional: a
+missing package skips its row.
 
     .venv/bin/python benchmarks/train_speed.py [--rounds 15] [--precision fp32|bf16] [--dropout 0.1]
 """
@@ -94,7 +96,27 @@ def build(name: str, dropout: float):
 MODELS = ("encdec", "torch.nn.Transformer", "hf-marian")
 
 
+def encdec_step_fn(dropout: float, precision: str):
+    """encdec's own training step (`encdec.train.train_step`: fused output loss, fused AdamW), as
+    `encdec train` runs it; gradient clipping off like the peers (its norm is still computed)."""
+    from encdec.config import TrainConfig
+    from encdec.data.batching import Batch
+    from encdec.runtime import Runtime
+    from encdec.train import make_optimizer, train_step
+
+    model, _ = build("encdec", dropout)
+    tc = TrainConfig(lr=1e-4, label_smoothing=0.1, clip_norm=0.0, weight_decay=0.01, max_steps=1)
+    opt, rt = make_optimizer(model, tc), Runtime.create("cpu", precision)
+
+    def step(src, tgt_in, tgt_out) -> int:
+        return train_step(model, [Batch(src, src != PAD, tgt_in, tgt_out)], opt, tc.lr, tc, rt)["tokens"]
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
 def step_fn(name: str, dropout: float, precision: str):
+    if name == "encdec":
+        return encdec_step_fn(dropout, precision)
     model, fwd = build(name, dropout)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -22,15 +22,17 @@ from torch import Tensor, nn
 
 from encdec.cache import DecoderCache, LayerCache, empty_self_cache
 from encdec.config import ModelConfig
+from encdec.dropout import Dropout
 from encdec.wiring import Wiring
 
 
 @dataclass
 class ModelOutput:
-    logits: Tensor  # (B, T, V)
+    logits: Tensor | None  # (B, T, V); None when forward(project=False)
     enc_self_attn: list[Tensor] | None  # per encoder layer (B, H, S, S), when return_attn
     dec_self_attn: list[Tensor] | None  # per decoder layer (B, H, T, T)
     cross_attn: list[Tensor] | None  # per decoder layer (B, H, T, S')
+    hidden: Tensor | None = None  # (B, T, D) final decoder states, the output layer's input
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, causal: bool, dropout: float,
@@ -153,7 +155,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """x (B, S, D), mask (B, 1, 1, S) -> (B, S, D)."""
@@ -175,7 +177,7 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm3 = nn.LayerNorm(cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         # decoder-only models (GPT) have no cross-attention sublayer
         self.cross_attn = CrossAttention(cfg) if cfg.n_enc_layers else None
         self.norm2 = nn.LayerNorm(cfg.d_model) if cfg.n_enc_layers else None
@@ -227,7 +229,7 @@ class Transformer(nn.Module):
             self.register_buffer("pos", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
         self.segment_embed = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments else None
         self.embed_norm = nn.LayerNorm(cfg.d_model) if cfg.embed_norm else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_enc_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_dec_layers))
         self.wiring = Wiring(cfg)
@@ -307,14 +309,22 @@ class Transformer(nn.Module):
             raise ValueError("this model has no pooler (model.pooler=false)")
         return torch.tanh(self.pooler(z[:, 0]))
 
+    @property
+    def output_weight(self) -> Tensor:
+        """(V, D): the tied embedding matrix, or out_proj's own."""
+        return self.out_proj.weight if self.out_proj is not None else self.embed.weight
+
     def logits(self, y: Tensor) -> Tensor:
         """Decoder output (B, T, D) -> (B, T, V) through the tied embedding matrix (or out_proj)."""
         y = self.dec_norm(y)
         return self.out_proj(y) if self.out_proj is not None else y @ self.embed.weight.t()
 
     def forward(self, src: Tensor | None, src_mask: Tensor | None, tgt_in: Tensor,
-                return_attn: bool = False) -> ModelOutput:
+                return_attn: bool = False, project: bool = True) -> ModelOutput:
         """src (B, S), src_mask (B, S) bool, tgt_in (B, T) -> ModelOutput with logits (B, T, V).
+
+        project=False skips the output layer and returns the final states (`hidden`, for
+        `encdec.loss.fused_output_loss`, which applies `output_weight` chunk by chunk).
 
         Target padding needs no mask: it sits at the end and the causal mask hides it from
         every earlier position; the loss ignores the padded positions themselves.
@@ -336,6 +346,9 @@ class Transformer(nn.Module):
             y, ws, wc = layer(y, k, v, memory_mask, None, return_attn)
             self_w.append(ws)
             cross_w.append(wc)
+        if not project:
+            return ModelOutput(None, enc_w or None, self_w if return_attn else None, cross_w if return_attn else None,
+                               hidden=self.dec_norm(y))
         logits = self.logits(y)
         if not return_attn:
             return ModelOutput(logits, None, None, None)

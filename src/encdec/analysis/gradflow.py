@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from encdec.data.batching import collate, epoch_order
@@ -48,11 +47,10 @@ def norms(model, scale: float = 1.0) -> dict[str, float]:
 def training_norms(model, data, cfg, rt, steps: int, *, log=None) -> list[dict]:
     """Train `model` from its current weights for `steps` steps (the run's optimiser, schedule and
     clipping), recording the pre-clip gradient norms of every group at every step."""
-    from encdec.train import lr_at, train_step
+    from encdec.train import lr_at, make_optimizer, train_step
 
     tc = cfg.train
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
-                            weight_decay=tc.weight_decay)
+    opt = make_optimizer(model, tc)
     order = epoch_order(len(data.train_batches), seed=tc.seed, epoch=0)
     records = []
     for step in range(1, steps + 1):

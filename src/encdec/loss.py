@@ -1,0 +1,67 @@
+"""The training loss fused with the output layer, in row chunks: logits are never materialised.
+
+A (tokens x vocabulary) logit matrix is the largest tensor of a small translation model's step
+(3.3k tokens x 8k vocabulary = 105 MB in fp32), written by the output GEMM, read and rewritten
+by log-softmax, and again by its backward. Here each chunk of rows computes its logits, its
+label-smoothed loss and, while training, the gradient of the loss with respect to those
+logits, (1 - e) (softmax - onehot) + e (softmax - 1/V), which it immediately multiplies back
+into the gradients of the hidden states and of the output matrix. The backward pass then only
+scales the stored gradients. Same loss as `metrics.sequence_loss` (tested to float tolerance).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_ROWS = 1024  # 1024 x 8000 fp32 logits = 33 MB per chunk
+
+
+class _FusedOutputLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, smoothing: float, chunk: int):
+        """hidden (N, D), weight (V, D), target (N,) -> (smoothed loss sum, NLL sum), fp32 (or fp64) scalars."""
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        V = weight.size(0)
+        w = weight.to(hidden.dtype)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: fp32 at least
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad else None
+        loss = hidden.new_zeros((), dtype=acc)
+        nll = hidden.new_zeros((), dtype=acc)
+        for start in range(0, hidden.size(0), chunk):
+            h, t = hidden[start : start + chunk], target[start : start + chunk]  # (n, D), (n,)
+            z = (h @ w.t()).to(acc)  # (n, V) logits
+            lse = torch.logsumexp(z, dim=-1)  # (n,)
+            nll_rows = lse - z.gather(1, t[:, None]).squeeze(1)  # (n,)
+            nll = nll + nll_rows.sum()
+            loss = loss + (1 - smoothing) * nll_rows.sum() + smoothing * (lse - z.mean(dim=-1)).sum()
+            if need_grad:
+                g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                g.sub_(smoothing / V)
+                g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing  # d loss / d logits
+                g = g.to(hidden.dtype)
+                torch.mm(g, w, out=grad_hidden[start : start + chunk])
+                grad_weight.addmm_(g.t().to(acc), h.to(acc))
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        gw = (grad_weight * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None
+
+
+def fused_output_loss(hidden: Tensor, weight: Tensor, target: Tensor, *, pad_id: int, smoothing: float,
+                      chunk: int = CHUNK_ROWS) -> tuple[Tensor, Tensor, int]:
+    """hidden (B, T, D) final decoder states, weight (V, D) output matrix, target (B, T) ->
+    (smoothed loss sum, NLL sum, number of real tokens), as `metrics.sequence_loss` on the logits."""
+    keep = target != pad_id  # (B, T)
+    rows = hidden[keep]  # (N, D) real target positions only: padding costs nothing
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss, nll = _FusedOutputLoss.apply(rows, weight, target[keep], float(smoothing), chunk)
+    return loss, nll.detach(), int(keep.sum())
