@@ -105,3 +105,33 @@ def test_copy_task_is_learned_in_500_steps(tmp_path):
     hyps = translate_ids(model, vocab.encode([p.src for p in test]), RT)
     exact = sum(vocab.decode(h) == p.tgt for h, p in zip(hyps, test)) / len(test)
     assert exact >= 0.95, exact
+
+
+def test_sigterm_mid_step_saves_the_state_after_that_step_and_resume_repeats_the_straight_losses(tmp_path,
+                                                                                                monkeypatch):
+    """A scheduler's SIGTERM (or Ctrl-C) during a step: the step completes, the checkpoint holds
+    exactly its result, and the resumed run's losses equal an uninterrupted run's."""
+    import os
+    import signal
+
+    import encdec.train as train_mod
+    from encdec.train import Interrupted
+
+    cfg = copy_config(tmp_path, max_steps=8)
+    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1))
+    fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    real_step, calls = train_mod.train_step, []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of step 3
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step_then_signal)
+    with pytest.raises(Interrupted, match="interrupted at step 3"):
+        fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")

@@ -10,6 +10,8 @@ import contextlib
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -74,6 +76,29 @@ def prepare_data(cfg: RunConfig, log: Log | None = None) -> Data:
     lens = [(len(s), len(t)) for s, t in train]
     return Data(corpus, vocab, train, dev, bucket(lens, cfg.train.max_tokens),
                 bucket([(len(s), len(t)) for s, t in dev], cfg.train.max_tokens))
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """While training, SIGINT and SIGTERM only append to the yielded list, which the loop checks
+    between steps, so the checkpoint it then saves is exactly the state after a whole step (a
+    scheduler's SIGTERM included). A second Ctrl-C interrupts at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
@@ -291,8 +316,10 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
         save_checkpoint()
 
     try:
-        with bar:
+        with bar, deferred_interrupts() as signals:
             while True:
+                if d.any(bool(signals)):  # Ctrl-C or SIGTERM arrived during the last step: stop between steps
+                    raise KeyboardInterrupt
                 elapsed = time.time() - t_start - state["eval_s"]  # training time only
                 epoch_pos = state["epoch"] + state["pos"] / len(order)
                 prog = _progress(tc, state["step"], elapsed, epoch_pos)
