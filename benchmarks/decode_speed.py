@@ -131,7 +131,8 @@ def main() -> None:
         export_dir = Path(tmp)
         names = [n for n in args.decoders.split(",") if n]
         beams = [int(b) for b in args.beams.split(",")]
-        export_all(args.checkpoint, export_dir)
+        if any(not n.startswith("encdec") for n in names):  # the peers read exported weights
+            export_all(args.checkpoint, export_dir)
         rss = {}
         for n in names:
             for b in beams:

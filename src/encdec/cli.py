@@ -132,7 +132,8 @@ def train(
         return
     log(f"training done: {json.dumps(summary)}")
     if evaluate_after:
-        evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=eval_limit)
+        evaluate(checkpoint=out, split="test", beam=beam, alpha=0.6, as_json=False, device=device, limit=eval_limit,
+                 int8=False)
 
 
 def _launch_torchrun(nproc: int) -> None:
