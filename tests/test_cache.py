@@ -30,3 +30,14 @@ def test_reserve_grows_the_buffers_and_keeps_the_filled_positions():
     assert grown.capacity == 16 and grown.length == 3
     assert torch.equal(grown.layers[0].k[:, :, :3], layers[0].k[:, :, :3])
     assert grown.layers[0].cross_k is layers[0].cross_k
+
+
+def test_reorder_within_sentences_can_keep_the_memory_and_copies_only_filled_positions():
+    B, H, cap, S, Dh = 4, 2, 6, 5, 3
+    g = torch.Generator().manual_seed(2)
+    layers = [LayerCache(*(torch.randn(B, H, n, Dh, generator=g) for n in (cap, cap, S, S)))]
+    cache = DecoderCache(layers, torch.ones(B, S, dtype=torch.bool), length=2)
+    out = cache.reorder(torch.tensor([1, 1, 3, 2]), memory=False)
+    assert out.layers[0].cross_k is layers[0].cross_k and out.memory_mask is cache.memory_mask
+    assert out.capacity == cap and out.length == 2
+    assert torch.equal(out.layers[0].k[:, :, :2], layers[0].k[[1, 1, 3, 2], :, :2])

@@ -28,7 +28,7 @@ class ScriptCache:
     def length(self):
         return self.history.size(1)
 
-    def reorder(self, rows):
+    def reorder(self, rows, memory=True):
         return ScriptCache(self.history.index_select(0, rows))
 
 

@@ -54,14 +54,25 @@ class DecoderCache:
 
         return replace(self, layers=[replace(c, k=grow(c.k), v=grow(c.v)) for c in self.layers])
 
-    def reorder(self, rows: Tensor) -> DecoderCache:
-        """Select (and repeat) batch rows into new buffers: row r of the result is row rows[r] of self."""
+    def reorder(self, rows: Tensor, *, memory: bool = True) -> DecoderCache:
+        """Select (and repeat) batch rows into new buffers: row r of the result is row rows[r] of self.
+
+        Only the filled positions of the self-attention buffers are copied. memory=False keeps the
+        cross-attention K/V and the memory mask as they are: right when every row is replaced by a
+        row of the same source sentence, as beam search does within a sentence's K rows.
+        """
 
         def pick(t: Tensor) -> Tensor:
             return t.index_select(0, rows)
 
-        layers = [LayerCache(pick(c.k), pick(c.v), pick(c.cross_k), pick(c.cross_v)) for c in self.layers]
-        return DecoderCache(layers, pick(self.memory_mask), self.length)
+        def pick_filled(t: Tensor) -> Tensor:  # (B, H, capacity, Dh) -> (len(rows), H, capacity, Dh)
+            out = t.new_empty((rows.numel(), *t.shape[1:]))
+            torch.index_select(t[:, :, : self.length], 0, rows, out=out[:, :, : self.length])
+            return out
+
+        layers = [LayerCache(pick_filled(c.k), pick_filled(c.v), pick(c.cross_k) if memory else c.cross_k,
+                             pick(c.cross_v) if memory else c.cross_v) for c in self.layers]
+        return DecoderCache(layers, pick(self.memory_mask) if memory else self.memory_mask, self.length)
 
 
 def empty_self_cache(batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> Tensor:

@@ -100,9 +100,8 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
         top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
         top_scores, top_rows, top_tok = top_scores.tolist(), (top_idx // V).tolist(), (top_idx % V).tolist()
         new_scores = torch.full((B, K), float("-inf"), device=dev)
-        rows = [b * K for b in range(B) for _ in range(K)]
+        rows = [b * K for b in range(B) for _ in range(K)]  # every row stays within its sentence's K rows
         toks = [PAD] * (B * K)
-        hist = history.tolist()
         for b in range(B):
             if done[b]:
                 continue
@@ -113,7 +112,7 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
                 row, w = b * K + top_rows[b][j], top_tok[b][j]
                 if w == EOS:
                     if j < K:
-                        seq = tuple(hist[row])
+                        seq = tuple(history[row].tolist())
                         finished[b].append(Hypothesis(seq, s / length_penalty(len(seq) + 1, alpha), s))
                 else:
                     new_scores[b, alive] = s
@@ -129,7 +128,7 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
             break
         scores = new_scores
         rows_t = torch.tensor(rows, device=dev)
-        cache = cache.reorder(rows_t)
+        cache = cache.reorder(rows_t, memory=False)  # rows stay within their sentence: same memory
         tokens = torch.tensor(toks, device=dev)[:, None]  # (B*K, 1)
         history = torch.cat([history.index_select(0, rows_t), tokens], dim=1)
     return [f[:nbest] for f in finished]
