@@ -78,7 +78,10 @@ def parse_axis(spec: str) -> tuple[str, tuple[str, ...]]:
 
 
 def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[int]) -> list[StudyRun]:
-    """Cross product of the axes' values, times the seeds; every config is validated here, up front."""
+    """Cross product of the axes' values, times the seeds; every config is validated here, up front.
+
+    Seed-major order: every point runs once before any runs a second time, so a study stopped
+    half-way already covers the whole axis."""
     names = [a for a, _ in axes]
     if len(set(names)) != len(names):
         raise ValueError(f"an axis appears twice: {names}")
@@ -93,7 +96,7 @@ def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[i
             raise ValueError(f"point {','.join(f'{a}={v}' for a, v in combo)}: {e}") from None
         for seed in seeds:
             runs.append(StudyRun(tuple(combo), seed, replace(base, model=model, train=replace(base.train, seed=seed))))
-    return runs
+    return sorted(runs, key=lambda r: seeds.index(r.seed))  # stable: points keep their order within a seed
 
 
 def is_finished(study_dir: Path, run: StudyRun, beam: int) -> bool:
