@@ -346,13 +346,10 @@ class Transformer(nn.Module):
             y, ws, wc = layer(y, k, v, memory_mask, None, return_attn)
             self_w.append(ws)
             cross_w.append(wc)
+        attn = (enc_w, self_w, cross_w) if return_attn else (None, None, None)
         if not project:
-            return ModelOutput(None, enc_w or None, self_w if return_attn else None, cross_w if return_attn else None,
-                               hidden=self.dec_norm(y))
-        logits = self.logits(y)
-        if not return_attn:
-            return ModelOutput(logits, None, None, None)
-        return ModelOutput(logits, enc_w, self_w, cross_w)
+            return ModelOutput(None, *attn, hidden=self.dec_norm(y))
+        return ModelOutput(self.logits(y), *attn)
 
     @torch.no_grad()
     def start_decoding(self, src: Tensor, src_mask: Tensor, capacity: int = 0) -> DecoderCache:
