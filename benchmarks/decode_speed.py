@@ -4,9 +4,13 @@ One trained run (default: the main job's) is exported to MarianMT and to CTransl
 (`encdec export`), so all decoders hold the same weights. Work: `--sentences` test sentences cut
 to their first `--src-len` pieces (those at least that long), batches of `--batch`, every output
 forced to exactly `--out-len` tokens (end-of-sentence forbidden before, forced after). Reported:
-sentences/s and output tokens/s (median of `--repeats` timed passes after one warm-up), peak
-RSS per decoder in a fresh process. `encdec-int8` is encdec with `encdec.quantize.quantize_int8`.
-Peers are optional.
+sentences/s and output tokens/s (median of `--repeats` rounds) and peak RSS.
+
+Every timed pass runs in a fresh process (load, one warm-up pass, one timed pass), and the
+decoders take turns round by round. Sharing one process skews the comparison: after
+CTranslate2 had decoded in the same process, encdec's greedy decoding ran at 57.5 sentences/s
+against 79.7 in a process of its own (2026-11-27; the libraries bring their own MKL and OpenMP
+runtimes). `encdec-int8` is encdec with `encdec.quantize.quantize_int8`. Peers are optional.
 
     .venv/bin/python benchmarks/decode_speed.py [--checkpoint runs/ablate-dropout0-lr2e-3]
 """
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -56,12 +59,13 @@ def make_decoder(name: str, run: Path, export_dir: Path, beam: int, out_len: int
         model = quantize_int8(model) if name == "encdec-int8" else model.eval()
 
         def run_encdec(srcs):
-            for i in range(0, len(srcs), batch):
-                src, mask = encode_sources(srcs[i : i + batch])
-                if beam == 1:
-                    greedy(model, src, mask, min_len=out_len, max_len=out_len)
-                else:
-                    beam_search(model, src, mask, beam=beam, min_len=out_len, max_len=out_len)
+            with model.fast_inference():  # once for all batches, as `translate_ids` does
+                for i in range(0, len(srcs), batch):
+                    src, mask = encode_sources(srcs[i : i + batch])
+                    if beam == 1:
+                        greedy(model, src, mask, min_len=out_len, max_len=out_len)
+                    else:
+                        beam_search(model, src, mask, beam=beam, min_len=out_len, max_len=out_len)
 
         return run_encdec
     if name == "hf":
@@ -106,6 +110,27 @@ def export_all(run: Path, out: Path) -> None:
             print(f"no CTranslate2 export: {e}", file=sys.stderr)
 
 
+def worker(args: argparse.Namespace, srcs: list[list[int]]) -> None:
+    """One decoder in this (fresh) process: a warm-up pass, one timed pass; prints seconds and peak RSS."""
+    name, beam, export_dir = args.worker
+    fn = make_decoder(name, args.checkpoint, Path(export_dir), int(beam), args.out_len, args.batch)
+    fn(srcs)
+    t0 = time.perf_counter()
+    fn(srcs)
+    print(json.dumps({"sec": time.perf_counter() - t0, "rss": peak_rss_mib()}))
+
+
+def timed_pass(args: argparse.Namespace, name: str, beam: int, export_dir: Path) -> dict | None:
+    p = subprocess.run([sys.executable, __file__, "--checkpoint", str(args.checkpoint), "--sentences",
+                        str(args.sentences), "--src-len", str(args.src_len), "--out-len", str(args.out_len),
+                        "--batch", str(args.batch), "--worker", name, str(beam), str(export_dir)],
+                       capture_output=True, text=True)
+    if p.returncode:
+        print(f"{name} beam {beam} failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("runs/ablate-dropout0-lr2e-3"))
@@ -116,54 +141,37 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--beams", default="1,4")
     ap.add_argument("--decoders", default=",".join(DECODERS))
-    ap.add_argument("--rss", nargs=3, help=argparse.SUPPRESS)  # NAME BEAM EXPORT_DIR
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)  # NAME BEAM EXPORT_DIR
     args = ap.parse_args()
-    if args.rss:
+    if args.worker:
         reset_peak_rss()
-    srcs = sources(args.checkpoint, args.sentences, args.src_len)
-    if args.rss:
-        name, beam, export_dir = args.rss
-        make_decoder(name, args.checkpoint, Path(export_dir), int(beam), args.out_len, args.batch)(srcs)
-        print(peak_rss_mib())
+        worker(args, sources(args.checkpoint, args.sentences, args.src_len))
         return
+    sources(args.checkpoint, args.sentences, args.src_len)  # fail early on too few sentences
+    names = [n for n in args.decoders.split(",") if n]
+    beams = [int(b) for b in args.beams.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(tmp)
-        names = [n for n in args.decoders.split(",") if n]
-        beams = [int(b) for b in args.beams.split(",")]
         if any(not n.startswith("encdec") for n in names):  # the peers read exported weights
             export_all(args.checkpoint, export_dir)
-        rss = {}
-        for n in names:
-            for b in beams:
-                p = subprocess.run([sys.executable, __file__, "--checkpoint", str(args.checkpoint), "--sentences",
-                                    str(args.sentences), "--src-len", str(args.src_len), "--out-len",
-                                    str(args.out_len), "--batch", str(args.batch), "--rss", n, str(b), str(export_dir)],
-                                   capture_output=True, text=True)
-                rss[n, b] = float(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else math.nan
-                if p.returncode:
-                    print(f"{n} beam {b} failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         for b in beams:
-            decoders = {}
-            for n in names:
-                try:
-                    decoders[n] = make_decoder(n, args.checkpoint, export_dir, b, args.out_len, args.batch)
-                except (ImportError, OSError, RuntimeError) as e:
-                    print(f"skipping {n}: {e}", file=sys.stderr)
-            times = {n: [] for n in decoders}
-            for r in range(args.repeats + 1):  # interleaved; the first pass is a warm-up
-                for n, fn in decoders.items():
-                    t0 = time.perf_counter()
-                    fn(srcs)
-                    if r:
-                        times[n].append(time.perf_counter() - t0)
-            for n in decoders:
-                sec = statistics.median(times[n])
-                rows.append({"decoder": n, "beam": b, "sent_s": len(srcs) / sec,
-                             "tok_s": len(srcs) * args.out_len / sec, "peak_rss_mib": rss.get((n, b), math.nan)})
+            runs: dict[str, list[dict]] = {n: [] for n in names}
+            for _ in range(args.repeats):  # interleaved rounds, one fresh process per decoder and round
+                for n in names:
+                    r = timed_pass(args, n, b, export_dir)
+                    if r is not None:
+                        runs[n].append(r)
+            for n, rs in runs.items():
+                if rs:
+                    sec = statistics.median(r["sec"] for r in rs)
+                    rows.append({"decoder": n, "beam": b, "sent_s": args.sentences / sec,
+                                 "tok_s": args.sentences * args.out_len / sec,
+                                 "peak_rss_mib": max(r["rss"] for r in rs)})
     print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}))
-    print(f"decoding {len(srcs)} sentences of {args.src_len} source pieces, outputs forced to {args.out_len} tokens, "
-          f"batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"decoding {args.sentences} sentences of {args.src_len} source pieces, outputs forced to {args.out_len} "
+          f"tokens, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats} rounds "
+          "(each decoder in a fresh process per round: warm-up pass, then the timed pass)")
     print("| decoder | beam | sentences/s | tokens/s | vs ct2-float32 | peak RSS |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -3,9 +3,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from encdec.data.vocab import BOS, EOS
-from encdec.decode import beam_search, greedy, length_penalty
+from encdec.decode import beam_search, greedy, length_penalty, top_candidates
 from encdec.model import Transformer
 
 from conftest import random_batch, tiny
@@ -28,7 +29,7 @@ class ScriptCache:
     def length(self):
         return self.history.size(1)
 
-    def reorder(self, rows, memory=True):
+    def reorder(self, rows, memory=True, into=None):
         return ScriptCache(self.history.index_select(0, rows))
 
 
@@ -69,6 +70,28 @@ def test_scripted_beam_search_returns_the_hand_computed_hypotheses(alpha):
             assert h.logprob == pytest.approx(logprob, abs=1e-6)
 
 
+@pytest.mark.parametrize("K, V, block", [(4, 300, 64), (1, 50, 8), (3, 64, 64), (2, 7, 64)])
+def test_top_candidates_equal_a_topk_over_all_sums(K, V, block):
+    g = torch.Generator().manual_seed(K * V)
+    B = 5
+    scores = torch.randn(B, K, generator=g)
+    scores[0, 1:] = float("-inf")  # dead beams
+    logp = torch.randn(B * K, V, generator=g).round(decimals=1)  # ties within rows
+    logp[3, :] = float("-inf")
+    n = min(2 * K, K * V)
+    values, beams, toks = top_candidates(scores, logp, n, block=block)
+    ref_values, ref_idx = (scores.view(B * K, 1) + logp).view(B, K * V).topk(n, dim=1)
+    torch.testing.assert_close(values, ref_values)
+    # the same candidates (ties may come in another order): each returned (beam, token) has its value
+    finite = values > float("-inf")
+    got = scores.gather(1, beams) + logp.view(B, K, V)[torch.arange(B)[:, None], beams, toks]
+    torch.testing.assert_close(got[finite], values[finite])
+    assert bool((toks[finite] < V).all())
+    for b in range(B):  # distinct candidates
+        pairs = [(k, w) for k, w, f in zip(beams[b].tolist(), toks[b].tolist(), finite[b].tolist()) if f]
+        assert len(set(pairs)) == len(pairs)
+
+
 def test_length_penalty_values():
     assert length_penalty(1, 0.6) == 1.0
     assert length_penalty(7, 0.6) == pytest.approx(2.0**0.6)
@@ -101,6 +124,66 @@ def test_beam_hypotheses_score_what_the_model_says(wiring):
             target = [*h.tokens, EOS]
             total = sum(logp[i, tok].item() for i, tok in enumerate(target))
             assert h.logprob == pytest.approx(total, abs=1e-4)
+
+
+def reference_beam_search(model, src, src_mask, beam, alpha, max_extra):
+    """The documented rule, one sentence at a time, every hypothesis scored by a full forward pass:
+    no cache, no batching, no shared memory, no vectorised bookkeeping."""
+    out = []
+    for b in range(src.size(0)):
+        keep = src_mask[b : b + 1]
+        limit = int(keep.sum()) + max_extra
+        live, finished = [((), 0.0)], []
+        for t in range(limit + 1):
+            cands = []
+            for toks, lp in live:
+                logits = model(src[b : b + 1], keep, torch.tensor([[BOS, *toks]])).logits[0, -1]
+                logp = torch.log_softmax(logits.double(), -1).tolist()
+                words = [EOS] if t >= limit else range(len(logp))
+                cands += [(lp + logp[w], toks, w) for w in words]
+            cands = sorted(cands, key=lambda c: -c[0])[: 2 * beam]
+            new_live = []
+            for j, (s, toks, w) in enumerate(cands):
+                if len(new_live) == beam:
+                    break
+                if w == EOS:
+                    if j < beam:
+                        finished.append((toks, s / length_penalty(len(toks) + 1, alpha), s))
+                else:
+                    new_live.append(((*toks, w), s))
+            finished = sorted(finished, key=lambda h: -h[1])[:beam]
+            if not new_live or (len(finished) >= beam and new_live[0][1] / length_penalty(t + 2, alpha)
+                                <= finished[-1][1]):
+                break
+            live = new_live
+        out.append(finished)
+    return out
+
+
+class EosProne(Transformer):
+    """An untrained model rarely ends a sentence; this one gives EOS a bonus that varies with the
+    decoder state, so hypotheses finish at many different steps."""
+
+    def logits(self, y):
+        out = super().logits(y)  # (B, T, V)
+        return out + F.one_hot(torch.tensor(EOS), out.size(-1)) * (4.0 * y[..., :1] + 1.0)
+
+
+@pytest.mark.parametrize("wiring", ["final", "layerwise", "dense"])
+def test_batched_beam_search_equals_the_reference(wiring):
+    """The fast path (shared memory per sentence, reused cache buffers, vectorised steps, top-k on
+    raw logits) finds exactly the hypotheses of the plain one-sentence-at-a-time search."""
+    torch.manual_seed(5)
+    model = EosProne(tiny(wiring=wiring)).eval()
+    batch = random_batch(seed=6, n=5)
+    fast = beam_search(model, batch.src, batch.src_mask, beam=3, alpha=0.6, max_extra=4, nbest=3)
+    ref = reference_beam_search(model, batch.src, batch.src_mask, beam=3, alpha=0.6, max_extra=4)
+    lengths = {len(h.tokens) for hyps in fast for h in hyps}
+    assert len(lengths) >= 4  # finished at many steps, some at the length limit and some before
+    for hyps, expected in zip(fast, ref):
+        assert [h.tokens for h in hyps] == [e[0] for e in expected]
+        for h, (_, score, logprob) in zip(hyps, expected):
+            assert h.score == pytest.approx(score, abs=1e-4) and h.logprob == pytest.approx(logprob, abs=1e-4)
 
 
 def test_outputs_stop_at_source_length_plus_max_extra():

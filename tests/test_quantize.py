@@ -10,6 +10,7 @@ from encdec.cli import app
 from encdec.data import load_corpus
 from encdec.data.vocab import BOS, Vocab
 from encdec.decode import beam_search, greedy
+from encdec.linear import Linear
 from encdec.quantize import quantize_int8
 
 
@@ -21,7 +22,9 @@ def test_int8_agrees_with_float32_on_at_least_95_percent_of_tokens(trained_tiny)
                                           batch_first=True)
     mask = src != 0
     q = quantize_int8(model)
-    assert type(model.decoder[0].ffn.w1) is torch.nn.Linear and model.out_proj is None  # the original untouched
+    assert type(model.decoder[0].ffn.w1) is Linear and model.out_proj is None  # the original untouched
+    int8_linear = torch.ao.nn.quantized.dynamic.Linear
+    assert type(q.decoder[0].ffn.w1) is int8_linear and type(q.out_proj) is int8_linear
     ref = greedy(model, src, mask)
     # every step's choice given the float32 output so far (a first disagreement would shift the rest)
     tgt = torch.nn.utils.rnn.pad_sequence([torch.tensor([BOS, *r]) for r in ref], batch_first=True)

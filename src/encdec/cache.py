@@ -5,6 +5,10 @@ K/V live in buffers preallocated along the time axis (grown by doubling when ful
 writes one position instead of concatenating the whole history. Beam search reorders rows with
 `reorder` in one place.
 
+The memory (cross K/V and its mask) may have fewer rows than the self-attention buffers: with
+Bm memory rows and B = G * Bm decoder rows, rows G*i .. G*i+G-1 read memory row i. Beam search
+keeps one copy of each sentence's memory for its K beams this way.
+
 A step writes into the buffers it was given: positions below a cache's `length` never change,
 so an old cache stays valid for reading, but stepping the same cache twice lets the second step
 overwrite the first one's new position. Branch with `reorder`, which copies.
@@ -22,19 +26,20 @@ from torch import Tensor
 class LayerCache:
     k: Tensor  # (B, H, capacity, Dh) self-attention keys; positions < DecoderCache.length are filled
     v: Tensor  # (B, H, capacity, Dh)
-    cross_k: Tensor  # (B, H, S', Dh) computed once from this layer's memory
-    cross_v: Tensor  # (B, H, S', Dh)
+    cross_k: Tensor  # (Bm, H, S', Dh) computed once from this layer's memory; B is a multiple of Bm
+    cross_v: Tensor  # (Bm, H, S', Dh)
 
 
 @dataclass
 class DecoderCache:
     layers: list[LayerCache]
-    memory_mask: Tensor  # (B, S') bool, True = real source position
+    memory_mask: Tensor  # (Bm, S') bool, True = real source position
     length: int = 0  # target tokens already decoded (the next token's position)
 
     @property
     def batch_size(self) -> int:
-        return self.memory_mask.size(0)
+        """Decoder rows B (a multiple of the memory's rows Bm)."""
+        return self.layers[0].k.size(0) if self.layers else self.memory_mask.size(0)
 
     @property
     def capacity(self) -> int:
@@ -54,24 +59,35 @@ class DecoderCache:
 
         return replace(self, layers=[replace(c, k=grow(c.k), v=grow(c.v)) for c in self.layers])
 
-    def reorder(self, rows: Tensor, *, memory: bool = True) -> DecoderCache:
+    def reorder(self, rows: Tensor, *, memory: bool = True, into: DecoderCache | None = None) -> DecoderCache:
         """Select (and repeat) batch rows into new buffers: row r of the result is row rows[r] of self.
 
-        Only the filled positions of the self-attention buffers are copied. memory=False keeps the
-        cross-attention K/V and the memory mask as they are: right when every row is replaced by a
-        row of the same source sentence, as beam search does within a sentence's K rows.
+        Only the filled positions of the self-attention buffers are copied. memory=True selects the
+        memory rows too (the memory must then have one row per decoder row). memory=False keeps the
+        memory as it is: right when row r of the result reads the same memory row as before, as in
+        beam search, where rows never leave their sentence (and the first reorder repeats each
+        sentence into its K beams).
+
+        `into`: an older cache of the same shapes whose self-attention buffers may be overwritten
+        (it must not be used afterwards); saves allocating fresh buffers at every beam step.
         """
+        if memory and self.memory_mask.size(0) != self.batch_size:
+            raise ValueError(f"the memory has {self.memory_mask.size(0)} rows for {self.batch_size} decoder rows; "
+                             "reorder within memory groups with memory=False")
 
         def pick(t: Tensor) -> Tensor:
             return t.index_select(0, rows)
 
-        def pick_filled(t: Tensor) -> Tensor:  # (B, H, capacity, Dh) -> (len(rows), H, capacity, Dh)
-            out = t.new_empty((rows.numel(), *t.shape[1:]))
+        def pick_filled(t: Tensor, spare: Tensor | None) -> Tensor:  # (B, H, cap, Dh) -> (len(rows), H, cap, Dh)
+            shape = (rows.numel(), *t.shape[1:])
+            out = spare if spare is not None and spare.shape == shape and spare is not t else t.new_empty(shape)
             torch.index_select(t[:, :, : self.length], 0, rows, out=out[:, :, : self.length])
             return out
 
-        layers = [LayerCache(pick_filled(c.k), pick_filled(c.v), pick(c.cross_k) if memory else c.cross_k,
-                             pick(c.cross_v) if memory else c.cross_v) for c in self.layers]
+        spares = into.layers if into is not None else [None] * len(self.layers)
+        layers = [LayerCache(pick_filled(c.k, s and s.k), pick_filled(c.v, s and s.v),
+                             pick(c.cross_k) if memory else c.cross_k, pick(c.cross_v) if memory else c.cross_v)
+                  for c, s in zip(self.layers, spares)]
         return DecoderCache(layers, pick(self.memory_mask) if memory else self.memory_mask, self.length)
 
 

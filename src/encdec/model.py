@@ -14,6 +14,8 @@ decoding, incremental decoding and beam search alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from encdec.cache import DecoderCache, LayerCache, empty_self_cache
 from encdec.config import ModelConfig
 from encdec.dropout import Dropout
+from encdec.linear import InferenceWeights, Linear
 from encdec.wiring import Wiring
 
 
@@ -85,8 +88,8 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.inner_dim)
-        self.out = nn.Linear(cfg.inner_dim, cfg.d_model)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.inner_dim)
+        self.out = Linear(cfg.inner_dim, cfg.d_model)
         self.register_buffer("head_gate", None, persistent=False)  # (H,) or None; see the module docstring
 
     def forward(self, x: Tensor, mask: Tensor | None, *, causal: bool,
@@ -115,9 +118,9 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
-        self.q = nn.Linear(cfg.d_model, cfg.inner_dim)
-        self.kv = nn.Linear(cfg.d_model, 2 * cfg.inner_dim)
-        self.out = nn.Linear(cfg.inner_dim, cfg.d_model)
+        self.q = Linear(cfg.d_model, cfg.inner_dim)
+        self.kv = Linear(cfg.d_model, 2 * cfg.inner_dim)
+        self.out = Linear(cfg.inner_dim, cfg.d_model)
         self.register_buffer("head_gate", None, persistent=False)  # (H,) or None
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,10 +130,21 @@ class CrossAttention(nn.Module):
 
     def forward(self, y: Tensor, k: Tensor, v: Tensor, memory_mask: Tensor,
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """y (B, T, D), k/v (B, H, S', Dh), memory_mask (B, S') -> (B, T, D), weights (B, H, T, S')."""
+        """y (B, T, D), k/v (Bm, H, S', Dh), memory_mask (Bm, S') -> (B, T, D), weights (B, H, T, S').
+
+        B = G * Bm: rows G*i .. G*i+G-1 share memory row i (the G beams of one sentence), so their
+        queries are attended as G*T queries against one copy of the memory.
+        """
+        B, T, _ = y.shape
+        G = B // k.size(0)
         q = _split_heads(self.q(y), self.n_heads)  # (B, H, T, Dh)
+        if G > 1:
+            q = q.unflatten(0, (-1, G)).transpose(1, 2).flatten(2, 3)  # (Bm, H, G*T, Dh)
         p = self.attn_dropout if self.training else 0.0
         ctx, w = attend(q, k, v, memory_mask[:, None, None, :], causal=False, dropout=p, need_weights=need_weights)
+        if G > 1:
+            ctx = ctx.unflatten(2, (G, T)).transpose(1, 2).flatten(0, 1)  # (B, H, T, Dh)
+            w = None if w is None else w.unflatten(2, (G, T)).transpose(1, 2).flatten(0, 1)  # (B, H, T, S')
         return self.out(_merge_heads(_gate_heads(ctx, self.head_gate))), w
 
 
@@ -139,8 +153,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.w1 = Linear(cfg.d_model, cfg.d_ff)
+        self.w2 = Linear(cfg.d_ff, cfg.d_model)
         self.act = F.gelu if cfg.activation == "gelu" else F.relu
 
     def forward(self, x: Tensor) -> Tensor:
@@ -219,6 +233,8 @@ class Transformer(nn.Module):
     calculator and its tests. Training, decoding and analysis need both stacks.
     """
 
+    output_fast: InferenceWeights | None = None  # the tied output layer inside fast_inference()
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -237,9 +253,9 @@ class Transformer(nn.Module):
         pre = cfg.norm == "pre"
         self.enc_norm = nn.LayerNorm(cfg.d_model) if pre and cfg.n_enc_layers else nn.Identity()
         self.dec_norm = nn.LayerNorm(cfg.d_model) if pre and cfg.n_dec_layers else nn.Identity()
-        self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
+        self.pooler = Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
         untied = cfg.n_dec_layers and not cfg.tie_output
-        self.out_proj = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if untied else None
+        self.out_proj = Linear(cfg.d_model, cfg.vocab_size, bias=False) if untied else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -317,7 +333,25 @@ class Transformer(nn.Module):
     def logits(self, y: Tensor) -> Tensor:
         """Decoder output (B, T, D) -> (B, T, V) through the tied embedding matrix (or out_proj)."""
         y = self.dec_norm(y)
-        return self.out_proj(y) if self.out_proj is not None else y @ self.embed.weight.t()
+        if self.out_proj is not None:
+            return self.out_proj(y)
+        if self.output_fast is None or torch.is_grad_enabled():
+            return y @ self.embed.weight.t()
+        return self.output_fast.matmul(y.reshape(-1, y.size(-1)), None).view(*y.shape[:-1], -1)
+
+    @contextmanager
+    def fast_inference(self) -> Iterator[None]:
+        """Within the block, linear layers and the tied output layer multiply by weights laid out for
+        decoding (`encdec.linear`); the weights must not change inside it. Re-entrant."""
+        tied = self.out_proj is None and self.output_fast is None and bool(self.decoder)
+        with InferenceWeights.active(self):
+            if tied:
+                self.output_fast = InferenceWeights(self.embed.weight)
+            try:
+                yield
+            finally:
+                if tied:
+                    self.output_fast = None
 
     def forward(self, src: Tensor | None, src_mask: Tensor | None, tgt_in: Tensor,
                 return_attn: bool = False, project: bool = True) -> ModelOutput:

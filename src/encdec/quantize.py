@@ -19,6 +19,7 @@ import warnings
 import torch
 from torch import nn
 
+from encdec.linear import to_plain
 from encdec.model import Transformer
 
 
@@ -26,7 +27,7 @@ def quantize_int8(model: Transformer) -> Transformer:
     """A copy of `model` for CPU inference with int8 linear layers (the original is untouched)."""
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 decoding runs on the CPU (fbgemm); use --device cpu")
-    q = copy.deepcopy(model).eval()
+    q = to_plain(copy.deepcopy(model)).eval()  # torch.ao matches nn.Linear exactly
     if q.out_proj is None:  # tied: the output layer gets its own copy of the embedding matrix
         q.out_proj = nn.Linear(q.cfg.d_model, q.cfg.vocab_size, bias=False)
         q.out_proj.weight = nn.Parameter(q.embed.weight.detach().clone())
