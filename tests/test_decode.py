@@ -186,6 +186,18 @@ def test_batched_beam_search_equals_the_reference(wiring):
             assert h.score == pytest.approx(score, abs=1e-4) and h.logprob == pytest.approx(logprob, abs=1e-4)
 
 
+@pytest.mark.parametrize("wiring", ["final", "dense"])
+def test_greedy_equals_the_reference(wiring):
+    """Greedy search, whose finished sentences leave the batch, picks what one-sentence full passes pick."""
+    torch.manual_seed(7)
+    model = EosProne(tiny(wiring=wiring)).eval()
+    batch = random_batch(seed=8, n=6)
+    fast = greedy(model, batch.src, batch.src_mask, max_extra=4)
+    ref = reference_beam_search(model, batch.src, batch.src_mask, beam=1, alpha=0.0, max_extra=4)
+    assert len({len(f) for f in fast}) >= 3  # sentences end at different steps
+    assert fast == [list(r[0][0]) for r in ref]
+
+
 def test_outputs_stop_at_source_length_plus_max_extra():
     torch.manual_seed(0)
     model = Transformer(tiny()).eval()

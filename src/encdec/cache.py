@@ -59,24 +59,32 @@ class DecoderCache:
 
         return replace(self, layers=[replace(c, k=grow(c.k), v=grow(c.v)) for c in self.layers])
 
-    def reorder(self, rows: Tensor, *, memory: bool = True, into: DecoderCache | None = None) -> DecoderCache:
+    def reorder(self, rows: Tensor, *, memory: bool | Tensor = True,
+                into: DecoderCache | None = None) -> DecoderCache:
         """Select (and repeat) batch rows into new buffers: row r of the result is row rows[r] of self.
 
         Only the filled positions of the self-attention buffers are copied. memory=True selects the
         memory rows too (the memory must then have one row per decoder row). memory=False keeps the
         memory as it is: right when row r of the result reads the same memory row as before, as in
         beam search, where rows never leave their sentence (and the first reorder repeats each
-        sentence into its K beams).
+        sentence into its K beams). A tensor of memory rows keeps just those: beam search drops
+        finished sentences this way (their rows are left out of `rows`).
 
         `into`: an older cache of the same shapes whose self-attention buffers may be overwritten
         (it must not be used afterwards); saves allocating fresh buffers at every beam step.
         """
-        if memory and self.memory_mask.size(0) != self.batch_size:
-            raise ValueError(f"the memory has {self.memory_mask.size(0)} rows for {self.batch_size} decoder rows; "
-                             "reorder within memory groups with memory=False")
+        if isinstance(memory, Tensor):
+            memory_rows = memory
+        elif memory:
+            if self.memory_mask.size(0) != self.batch_size:
+                raise ValueError(f"the memory has {self.memory_mask.size(0)} rows for {self.batch_size} decoder "
+                                 "rows; reorder within memory groups with memory=False")
+            memory_rows = rows
+        else:
+            memory_rows = None
 
         def pick(t: Tensor) -> Tensor:
-            return t.index_select(0, rows)
+            return t if memory_rows is None else t.index_select(0, memory_rows)
 
         def pick_filled(t: Tensor, spare: Tensor | None) -> Tensor:  # (B, H, cap, Dh) -> (len(rows), H, cap, Dh)
             shape = (rows.numel(), *t.shape[1:])
@@ -85,10 +93,9 @@ class DecoderCache:
             return out
 
         spares = into.layers if into is not None else [None] * len(self.layers)
-        layers = [LayerCache(pick_filled(c.k, s and s.k), pick_filled(c.v, s and s.v),
-                             pick(c.cross_k) if memory else c.cross_k, pick(c.cross_v) if memory else c.cross_v)
+        layers = [LayerCache(pick_filled(c.k, s and s.k), pick_filled(c.v, s and s.v), pick(c.cross_k), pick(c.cross_v))
                   for c, s in zip(self.layers, spares)]
-        return DecoderCache(layers, pick(self.memory_mask) if memory else self.memory_mask, self.length)
+        return DecoderCache(layers, pick(self.memory_mask), self.length)
 
 
 def empty_self_cache(batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> Tensor:

@@ -54,26 +54,29 @@ def _limits(src_mask: Tensor, max_extra: int, max_len: int | None) -> Tensor:
 @decoding
 def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50, max_len: int | None = None,
            min_len: int = 0) -> list[list[int]]:
-    """src (B, S) -> B token lists (no BOS/EOS)."""
-    B = src.size(0)
+    """src (B, S) -> B token lists (no BOS/EOS). A sentence that ends leaves the batch."""
+    B, dev = src.size(0), src.device
     limits = _limits(src_mask, max_extra, max_len)  # (B,)
-    cache = model.start_decoding(src, src_mask, capacity=int(limits.max()) + 1)
-    tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (B, 1)
-    done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    out = []
-    for t in range(int(limits.max()) + 1):
-        logits, cache = model.decode_step(tokens, cache)  # (B, 1, V)
+    steps = int(limits.max()) + 1
+    cache = model.start_decoding(src, src_mask, capacity=steps)
+    out = torch.full((B, steps), PAD, dtype=torch.long, device=dev)  # (B, steps)
+    ids = torch.arange(B, device=dev)  # (B',) the input sentence of each row still decoding
+    tokens = torch.full((B, 1), BOS, dtype=torch.long, device=dev)  # (B', 1)
+    for t in range(steps):
+        logits, cache = model.decode_step(tokens, cache)  # (B', 1, V)
         if t < min_len:
             logits[:, -1, EOS] = float("-inf")
-        nxt = logits[:, -1].argmax(dim=-1)  # (B,)
+        nxt = logits[:, -1].argmax(dim=-1)  # (B',)
         nxt = torch.where(limits <= t, torch.full_like(nxt, EOS), nxt)
-        nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
-        out.append(nxt)
-        done |= nxt == EOS
-        if bool(done.all()):
+        out[ids, t] = nxt
+        ended = nxt == EOS
+        if bool(ended.all()):
             break
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)  # (B'',)
+            ids, limits, nxt, cache = ids[keep], limits[keep], nxt[keep], cache.reorder(keep)
         tokens = nxt[:, None]
-    rows = torch.stack(out, dim=1).tolist()  # (B, steps)
+    rows = out.tolist()
     return [r[: r.index(EOS)] if EOS in r else r for r in rows]
 
 
@@ -118,7 +121,7 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
     The K beams of a sentence share one copy of its memory (see `encdec.cache`), the candidates
     come from `top_candidates`, and sentences whose top K candidates hold no EOS (most of them at
     most steps) advance with tensor operations; only the others go through the bookkeeping loop
-    in Python.
+    in Python. A sentence that is done leaves the batch, so later steps do not decode it.
     """
     if beam < 1 or not 1 <= nbest <= beam:
         raise ValueError(f"beam={beam}, nbest={nbest}: need beam >= 1 and 1 <= nbest <= beam")
@@ -134,7 +137,8 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
     scores[:, 0] = 0.0  # only the first copy of each sentence starts alive
     history = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, t)
     tokens = torch.full((B * K, 1), BOS, dtype=torch.long, device=dev)
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]  # by input sentence
+    ids = list(range(B))  # the input sentence of each sentence in the batch (finished ones leave it)
     done = [False] * B
     for t in range(max_steps):
         logits, cache = model.decode_step(tokens, cache)  # (B*K, 1, V)
@@ -152,15 +156,13 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
         rows = (torch.arange(B, device=dev)[:, None] * K + top_rows[:, :K]).view(-1)  # (B*K,)
         toks = top_tok[:, :K].reshape(-1).clone()  # (B*K,)
         simple = ((top_tok[:, :K] != EOS) & (top_scores[:, :K] > float("-inf"))).all(dim=1).tolist()
-        special = [b for b in range(B) if not simple[b] or done[b]]
+        special = [b for b in range(B) if not simple[b]]
         if special:
             ts, tr, tt = top_scores[special].tolist(), top_rows[special].tolist(), top_tok[special].tolist()
         for i, b in enumerate(special):
             new_scores[b] = float("-inf")
             rows[b * K : b * K + K] = b * K
             toks[b * K : b * K + K] = PAD
-            if done[b]:
-                continue
             alive = 0
             for j, s in enumerate(ts[i]):
                 if s == float("-inf") or alive == K:
@@ -169,23 +171,30 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
                 if w == EOS:
                     if j < K:
                         seq = tuple(history[row].tolist())
-                        finished[b].append(Hypothesis(seq, s / length_penalty(len(seq) + 1, alpha), s))
+                        finished[ids[b]].append(Hypothesis(seq, s / length_penalty(len(seq) + 1, alpha), s))
                 else:
                     new_scores[b, alive] = s
                     rows[b * K + alive], toks[b * K + alive] = row, w
                     alive += 1
-            finished[b] = sorted(finished[b], key=lambda h: -h.score)[:K]
+            finished[ids[b]] = sorted(finished[ids[b]], key=lambda h: -h.score)[:K]
             if alive == 0:
                 done[b] = True
         best_alive = (new_scores[:, 0] / length_penalty(t + 2, alpha)).tolist()  # (B,) ending at the next step
         for b in range(B):
-            if not done[b] and len(finished[b]) >= K:
-                done[b] = best_alive[b] <= finished[b][-1].score
+            if not done[b] and len(finished[ids[b]]) >= K:
+                done[b] = best_alive[b] <= finished[ids[b]][-1].score
         if all(done):
             break
         scores = new_scores
-        # rows stay within their sentence: the memory is unchanged
-        cache, spare = cache.reorder(rows, memory=False, into=spare), cache
+        if any(done):  # finished sentences leave the batch, with their memory
+            keep = torch.tensor([b for b in range(B) if not done[b]], device=dev)
+            rows, toks = rows.view(B, K)[keep].view(-1), toks.view(B, K)[keep].view(-1)  # (B'*K,)
+            scores, force_rows = scores[keep], force_rows.view(B, K)[keep].view(-1)
+            ids = [ids[b] for b in keep.tolist()]
+            B, done = len(ids), [False] * len(ids)
+            cache, spare = cache.reorder(rows, memory=keep), None
+        else:  # rows stay within their sentence: the memory is unchanged
+            cache, spare = cache.reorder(rows, memory=False, into=spare), cache
         tokens = toks[:, None]  # (B*K, 1)
         history = torch.cat([history.index_select(0, rows), tokens], dim=1)
     return [f[:nbest] for f in finished]
