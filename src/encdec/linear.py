@@ -3,23 +3,23 @@
 `nn.Linear` computes x W^T with W stored (out, in). At the few rows of a decoding step (batch x
 beam, 4-128 rows) MKL's fp32 sgemm is much slower with that transposed operand than with the
 same matrix stored (in, out), and faster still with MKL's packed format (`cblas_sgemm_pack`,
-which is also what CTranslate2 uses). Measured on this project's 2-core Xeon, hot caches:
+which is also what CTranslate2 uses). `benchmarks/linear_speed.py` on this project's 2-core
+Xeon, hot caches, microseconds per product (2026-11-27):
 
-    rows x in -> out      F.linear   x @ W^T contiguous   MKL packed
-    32 x 256 -> 768        240 us         89 us              65 us
-    32 x 1024 -> 256       216 us        180 us              87 us
-    32 x 256 -> 8000      3219 us       1549 us             661 us
-    960 x 256 -> 768      1731 us       1643 us               -
+    rows x in -> out      F.linear   W^T contiguous   MKL packed
+    32 x 256 -> 768          303          126             107
+    32 x 256 -> 8000       3,279        1,738           1,239
+    128 x 256 -> 768         458          445             420
+    960 x 256 -> 768       3,260        3,387           3,032
 
-(`benchmarks/README.md` has the command.) A packed matrix is built for one row count, so it is
-made on first use for each row count and kept (a few at a time); a decoding loop keeps its row
-count for all its steps.
+A packed matrix is built for one row count, so it is made on
+first use for each row count and kept (a few at a time); a decoding loop keeps its row count
+until a sentence ends and leaves the batch.
 
 These copies are only valid while the weights do not change, and PyTorch's version counter does
 not see every change (the fused AdamW step leaves it alone), so they exist only inside
 `InferenceWeights.active(model)` (`Transformer.fast_inference`), which decoding enters and
-leaves. Outside it, and whenever
-autograd is recording, `Linear` is exactly `nn.Linear`.
+leaves. Outside it, and whenever autograd is recording, `Linear` is exactly `nn.Linear`.
 """
 
 from __future__ import annotations
