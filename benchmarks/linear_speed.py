@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +49,9 @@ def main() -> None:
             x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in), torch.randn(n_out)
             wt = w.t().contiguous()
             packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-            t_lin = micros(lambda: F.linear(x, w, b), args.number, args.repeats)
-            t_wt = micros(lambda: torch.addmm(b, x, wt), args.number, args.repeats)
-            t_pk = micros(lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows), args.number, args.repeats)
+            t_lin = micros(partial(F.linear, x, w, b), args.number, args.repeats)
+            t_wt = micros(partial(torch.addmm, b, x, wt), args.number, args.repeats)
+            t_pk = micros(partial(torch.ops.mkl._mkl_linear, x, packed, w, b, rows), args.number, args.repeats)
             print(f"| {rows} × {n_in} → {n_out} | {t_lin:,.0f} | {t_wt:,.0f} | {t_pk:,.0f} |")
 
 
