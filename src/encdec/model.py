@@ -137,6 +137,8 @@ class CrossAttention(nn.Module):
         """
         B, T, _ = y.shape
         G = B // k.size(0)
+        if G * k.size(0) != B:
+            raise ValueError(f"{B} decoder rows cannot share a memory of {k.size(0)} rows")
         q = _split_heads(self.q(y), self.n_heads)  # (B, H, T, Dh)
         if G > 1:
             q = q.unflatten(0, (-1, G)).transpose(1, 2).flatten(2, 3)  # (Bm, H, G*T, Dh)
