@@ -67,13 +67,13 @@ class InferenceWeights:
 
     @staticmethod
     @contextmanager
-    def active(model: nn.Module, packed: bool = True) -> Iterator[None]:
+    def active(model: nn.Module) -> Iterator[None]:
         """Within the block every `Linear` of `model` multiplies through `InferenceWeights` made on
         entry. Re-entrant: an inner block leaves the outer block's copies in place."""
         made = [m for m in model.modules() if isinstance(m, Linear) and m.fast is None]
         with torch.no_grad():
             for m in made:
-                m.fast = InferenceWeights(m.weight, packed)
+                m.fast = InferenceWeights(m.weight)
         try:
             yield
         finally:
