@@ -11,6 +11,10 @@ decoders take turns round by round. Sharing one process skews the comparison: af
 CTranslate2 had decoded in the same process, encdec's greedy decoding ran at 57.5 sentences/s
 against 79.7 in a process of its own (2026-11-27; the libraries bring their own MKL and OpenMP
 runtimes). `encdec-int8` is encdec with `encdec.quantize.quantize_int8`. Peers are optional.
+`encdec-compiled` (not in the default list) is encdec with its decoding step under
+`torch.compile(dynamic=True)` and inductor's weight freezing, instead of the packed weights of
+`fast_inference` (whose MKL op torch.compile cannot trace); its compile time falls in the
+warm-up pass and is printed as `warm_sec`.
 
     .venv/bin/python benchmarks/decode_speed.py [--checkpoint runs/ablate-dropout0-lr2e-3]
 """
@@ -29,7 +33,8 @@ from pathlib import Path
 import torch
 from memory import peak_rss_mib, reset_peak_rss
 
-DECODERS = ("encdec", "encdec-int8", "hf", "ct2-float32", "ct2-int8")
+DECODERS = ("encdec", "encdec-int8", "hf", "ct2-float32", "ct2-int8")  # the default list
+OPTIONAL = ("encdec-compiled",)
 
 
 def sources(run: Path, n: int, src_len: int) -> list[list[int]]:
@@ -50,16 +55,25 @@ def make_decoder(name: str, run: Path, export_dir: Path, beam: int, out_len: int
     """A function that decodes a list of source id lists (each ending without EOS)."""
     from encdec.data.batching import encode_sources
 
-    if name in ("encdec", "encdec-int8"):
+    if name in ("encdec", "encdec-int8", "encdec-compiled"):
         from encdec.checkpoint import load_run
         from encdec.decode import beam_search, greedy
         from encdec.quantize import quantize_int8
 
         _, model = load_run(run)
         model = quantize_int8(model) if name == "encdec-int8" else model.eval()
+        fast = model.fast_inference
+        if name == "encdec-compiled":
+            import contextlib
+
+            from torch._inductor import config as inductor
+
+            inductor.freezing = True  # weights as constants, prepacked for the CPU
+            model.decode_step = torch.compile(model.decode_step, dynamic=True)
+            fast = model.fast_inference = contextlib.nullcontext  # plain nn.Linear products, traceable
 
         def run_encdec(srcs):
-            with model.fast_inference():  # once for all batches, as `translate_ids` does
+            with fast():  # once for all batches, as `translate_ids` does
                 for i in range(0, len(srcs), batch):
                     src, mask = encode_sources(srcs[i : i + batch])
                     if beam == 1:
@@ -114,10 +128,12 @@ def worker(args: argparse.Namespace, srcs: list[list[int]]) -> None:
     """One decoder in this (fresh) process: a warm-up pass, one timed pass; prints seconds and peak RSS."""
     name, beam, export_dir = args.worker
     fn = make_decoder(name, args.checkpoint, Path(export_dir), int(beam), args.out_len, args.batch)
-    fn(srcs)
     t0 = time.perf_counter()
     fn(srcs)
-    print(json.dumps({"sec": time.perf_counter() - t0, "rss": peak_rss_mib()}))
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fn(srcs)
+    print(json.dumps({"sec": time.perf_counter() - t0, "warm_sec": warm, "rss": peak_rss_mib()}))
 
 
 def timed_pass(args: argparse.Namespace, name: str, beam: int, export_dir: Path) -> dict | None:
@@ -149,6 +165,9 @@ def main() -> None:
         return
     sources(args.checkpoint, args.sentences, args.src_len)  # fail early on too few sentences
     names = [n for n in args.decoders.split(",") if n]
+    unknown = sorted(set(names) - set(DECODERS + OPTIONAL))
+    if unknown:
+        ap.error(f"unknown decoders {unknown}; choose from {', '.join(DECODERS + OPTIONAL)}")
     beams = [int(b) for b in args.beams.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,18 +186,19 @@ def main() -> None:
                     sec = statistics.median(r["sec"] for r in rs)
                     rows.append({"decoder": n, "beam": b, "sent_s": args.sentences / sec,
                                  "tok_s": args.sentences * args.out_len / sec,
-                                 "peak_rss_mib": max(r["rss"] for r in rs)})
+                                 "peak_rss_mib": max(r["rss"] for r in rs),
+                                 "warm_sec": statistics.median(r["warm_sec"] for r in rs)})
     print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}))
     print(f"decoding {args.sentences} sentences of {args.src_len} source pieces, outputs forced to {args.out_len} "
           f"tokens, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats} rounds "
           "(each decoder in a fresh process per round: warm-up pass, then the timed pass)")
-    print("| decoder | beam | sentences/s | tokens/s | vs ct2-float32 | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("| decoder | beam | sentences/s | tokens/s | vs ct2-float32 | peak RSS | warm-up pass |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x["sent_s"] for x in rows if x["decoder"] == "ct2-float32" and x["beam"] == r["beam"]), None)
         ratio = f"{r['sent_s'] / ref:.2f}x" if ref else ""
         print(f"| {r['decoder']} | {r['beam']} | {r['sent_s']:.1f} | {r['tok_s']:,.0f} | {ratio} | "
-              f"{r['peak_rss_mib']:,.0f} MiB |")
+              f"{r['peak_rss_mib']:,.0f} MiB | {r['warm_sec']:.1f} s |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ each model per round, so drifts of a shared machine hit all alike), median token
 rounds after warm-up. Peak RSS is measured per model in a fresh subprocess (`--rss MODEL`).
 encdec runs its own training step (`encdec.train.train_step`: output layer fused with the loss,
 fused AdamW); the peers the usual logits + `F.cross_entropy` + AdamW. Peers are optional: a
-missing package skips its row.
+missing package skips its row. `encdec-compiled` (not in the default list) is encdec's step with
+the model under `torch.compile` (`nn.Module.compile()`); its compile time falls in the warm-up.
 
     .venv/bin/python benchmarks/train_speed.py [--rounds 15] [--precision fp32|bf16] [--dropout 0.1]
 """
@@ -93,10 +94,11 @@ def build(name: str, dropout: float):
     raise ValueError(name)
 
 
-MODELS = ("encdec", "torch.nn.Transformer", "hf-marian")
+MODELS = ("encdec", "torch.nn.Transformer", "hf-marian")  # the default list
+OPTIONAL = ("encdec-compiled",)
 
 
-def encdec_step_fn(dropout: float, precision: str):
+def encdec_step_fn(dropout: float, precision: str, compiled: bool = False):
     """encdec's own training step (`encdec.train.train_step`: fused output loss, fused AdamW), as
     `encdec train` runs it; gradient clipping off like the peers (its norm is still computed)."""
     from encdec.config import TrainConfig
@@ -105,6 +107,8 @@ def encdec_step_fn(dropout: float, precision: str):
     from encdec.train import make_optimizer, train_step
 
     model, _ = build("encdec", dropout)
+    if compiled:
+        model.compile()
     tc = TrainConfig(lr=1e-4, label_smoothing=0.1, clip_norm=0.0, weight_decay=0.01, max_steps=1)
     opt, rt = make_optimizer(model, tc), Runtime.create("cpu", precision)
 
@@ -115,8 +119,8 @@ def encdec_step_fn(dropout: float, precision: str):
 
 
 def step_fn(name: str, dropout: float, precision: str):
-    if name == "encdec":
-        return encdec_step_fn(dropout, precision)
+    if name.startswith("encdec"):
+        return encdec_step_fn(dropout, precision, compiled=name == "encdec-compiled")
     model, fwd = build(name, dropout)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -142,7 +146,7 @@ def available(names):
     out = []
     for n in names:
         try:
-            build(n, 0.0)
+            build(n.removesuffix("-compiled"), 0.0)
             out.append(n)
         except ImportError as e:
             print(f"skipping {n}: {e}", file=sys.stderr)
@@ -177,6 +181,9 @@ def main() -> None:
         print(peak_rss_mib())
         return
     names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS + OPTIONAL))
+    if unknown:
+        ap.error(f"unknown models {unknown}; choose from {', '.join(MODELS + OPTIONAL)}")
     rss = {n: rss_of(n, args.dropout, args.precision, 5) for n in names}
     names = available(names)
     steps = {n: step_fn(n, args.dropout, args.precision) for n in names}
