@@ -1,10 +1,11 @@
 """Decoding speed: encdec greedy and beam 4 against Hugging Face `generate` and CTranslate2, equal work.
 
-One trained run (default: the main job's) is exported to MarianMT and to CTranslate2
-(`encdec export`), so all decoders hold the same weights. Work: `--sentences` test sentences cut
-to their first `--src-len` pieces (those at least that long), batches of `--batch`, every output
-forced to exactly `--out-len` tokens (end-of-sentence forbidden before, forced after). Reported:
-sentences/s and output tokens/s (median of `--repeats` rounds) and peak RSS.
+One trained run (default: `runs/ablate-dropout0-lr2e-3`, a paper-wiring 30-minute run) is
+exported to MarianMT and to CTranslate2 (`encdec export`), so all decoders hold the same
+weights. Work: `--sentences` test sentences cut to their first `--src-len` pieces (those at
+least that long), batches of `--batch`, every output forced to exactly `--out-len` tokens
+(end-of-sentence forbidden before, forced after). Reported: sentences/s and output tokens/s
+(median of `--repeats` rounds) and peak RSS.
 
 Every timed pass runs in a fresh process (load, one warm-up pass, one timed pass), and the
 decoders take turns round by round. Sharing one process skews the comparison: after
