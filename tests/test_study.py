@@ -52,9 +52,18 @@ def test_smoke_heads_study_table_and_resume(tmp_path):
     assert "| h | d_k | d_v | params | dev PPL | dev BLEU | test BLEU |" in md and md.count("\n| 2 | 2 |") == 2
     assert {p.name for p in out.glob("*.png")} == {"bleu_vs_heads.png", "ppl_vs_params.png", "bleu_vs_speed.png"}
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
-    again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out)
+    assert "test sent/s" in md  # each run's own evaluation speed, until the points are timed together
+    again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--time-decoding")
     assert again.exit_code == 0 and "4 runs (4 finished)" in again.output.replace("\n", "")
     assert "run 1/" not in again.output  # nothing retrained
+    speed = json.loads((out / "decode_speed.json").read_text())
+    assert set(speed["sent_per_s"]) == {"heads=1", "heads=4"} and speed["sentences"] == 100
+    assert all(len(v) == 3 and min(v) > 0 for v in speed["rounds_sent_per_s"].values())
+    md = (out / "results.md").read_text()
+    assert "sent/s, timed together" in md
+    for point, row in zip(("heads=1", "heads=4"), csv.DictReader((out / "results.csv").open())):
+        assert float(row["decode_sent_s"]) == pytest.approx(speed["sent_per_s"][point])
+        assert f"| {speed['sent_per_s'][point]:.1f} | 2 |" in md
     other = smoke(tmp_path, "heads", "--values", "1,2", "--out", out)
     assert other.exit_code == 2 and "different plan" in other.output
 

@@ -363,6 +363,9 @@ def study(
                                                     "(for SLURM or any scheduler) and exit; rerun without it "
                                                     "to collect the results."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    time_decoding: bool = typer.Option(False, help="Before reporting, time every finished point's decoding "
+                                                   "together (200 test sentences, 3 interleaved rounds; run on a "
+                                                   "quiet machine): runs made hours apart are not comparable."),
 ):
     """Sweep depth, heads, width or wiring on an equal budget with K seeds; print Table 3.
 
@@ -443,6 +446,12 @@ def study(
                 except ValueError as e:
                     fail(f"{r.folder}: {e}")
                 bar.advance(task)
+    if time_decoding:
+        try:
+            S.time_decoding(study_dir, runs, beam, runtime(device, base.train.precision),
+                            sentences=min(200, limit) if limit else 200, log=log)
+        except ValueError as e:
+            fail(str(e))
     results = S.write_results(study_dir, runs, names, beam, title)
     if not results:
         fail("no finished runs to report yet")

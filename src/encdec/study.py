@@ -8,6 +8,7 @@ A study is a list of runs `(name, config)` (STYLE C10) under one folder:
     <out>/runs.csv                   one row per finished run
     <out>/results.{csv,json,md}      one row per point, mean and std over seeds
     <out>/*.png                      BLEU against the axis, PPL against parameters, BLEU against speed
+    <out>/decode_speed.json          with --time-decoding: every point's decoding speed, timed together
 
 A run counts as finished when its eval JSON exists; re-running the study skips finished runs
 and resumes an interrupted one from its last checkpoint (that is `fit`'s own resume).
@@ -134,6 +135,56 @@ def write_plan(study_dir: Path, base: RunConfig, axes, seeds, beam: int, runs: l
 # --- results -------------------------------------------------------------------------------
 
 METRICS = ("params", "dev_ppl", "dev_bleu", "test_bleu", "test_chrf", "sent_per_s", "train_tok_s", "train_min")
+SPEED_FILE = "decode_speed.json"
+
+
+def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt, *, sentences: int = 200, rounds: int = 3,
+                  log=print) -> dict:
+    """Decoding speed of every point, timed together; writes and returns `decode_speed.json`.
+
+    Each run's own test evaluation times its decoding, but the runs of a study are hours or days
+    apart, and this project's shared machine drifts by tens of percent in that time, more than
+    heads or depth change the speed. So one finished model per point (its lowest seed) decodes
+    the first `sentences` test sentences with the study's beam, the points taking turns for
+    `rounds` rounds after a warm-up; reported is the median sentences/s per point.
+    """
+    import time
+
+    from encdec.checkpoint import load_run
+    from encdec.data import load_corpus
+    from encdec.data.vocab import Vocab
+    from encdec.decode import translate_ids
+
+    models = {}
+    for name in dict.fromkeys(r.point_name for r in runs):
+        done = [r for r in runs if r.point_name == name and is_finished(study_dir, r, beam)]
+        if not done:
+            continue
+        folder = study_dir / done[0].folder
+        cfg, model = load_run(folder)
+        pairs = load_corpus(cfg.data.source, cfg.data.cache_dir).split("test")[:sentences]
+        models[name] = (model.to(rt.device).eval(), Vocab(folder / "vocab.model").encode([p.src for p in pairs]))
+    if not models:
+        raise ValueError("no finished runs to time")
+
+    def decode(name: str) -> float:
+        model, srcs = models[name]
+        t0 = time.perf_counter()
+        translate_ids(model, srcs, rt, beam=beam)
+        return len(srcs) / (time.perf_counter() - t0)
+
+    for model, srcs in models.values():  # warm-up
+        translate_ids(model, srcs[:20], rt, beam=beam)
+    timings: dict[str, list[float]] = {name: [] for name in models}
+    for k in range(rounds):
+        for name in models:
+            timings[name].append(decode(name))
+        log(f"decoding speed, round {k + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in timings.items()))
+    doc = {"beam": beam, "sentences": len(next(iter(models.values()))[1]), "rounds": rounds,
+           "device": rt.describe(), "time": time.strftime("%Y-%m-%d %H:%M"),
+           "sent_per_s": {n: statistics.median(v) for n, v in timings.items()}, "rounds_sent_per_s": timings}
+    (study_dir / SPEED_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
 
 
 def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
@@ -162,8 +213,9 @@ def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
     return rows
 
 
-def aggregate(rows: list[dict], runs: list[StudyRun]) -> list[dict]:
-    """Per point (in plan order): the architecture columns, then mean and std over seeds of each metric."""
+def aggregate(rows: list[dict], runs: list[StudyRun], together: dict | None = None) -> list[dict]:
+    """Per point (in plan order): the architecture columns, then mean and std over seeds of each metric;
+    `decode_sent_s` from `time_decoding` (its "sent_per_s" mapping) where given, else None."""
     out = []
     for name in dict.fromkeys(r.point_name for r in runs):
         pts = [r for r in rows if r["point"] == name]
@@ -176,14 +228,24 @@ def aggregate(rows: list[dict], runs: list[StudyRun]) -> list[dict]:
             vals = [p[k] for p in pts]
             row[k] = statistics.fmean(vals)
             row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row["decode_sent_s"] = (together or {}).get(name)
         out.append(row)
     return out
+
+
+def speed_column(results: list[dict]) -> tuple[str, str]:
+    """(key, label) of the decoding speed to report: timed together when every point was, else the
+    mean over seeds of each run's own test evaluation."""
+    if results and all(r.get("decode_sent_s") is not None for r in results):
+        return "decode_sent_s", "sent/s, timed together"
+    return "sent_per_s", "test sent/s"
 
 
 def markdown(results: list[dict], axes: list[str], title: str) -> str:
     """Table 3 layout: architecture columns, params, dev PPL, dev BLEU, test BLEU (mean ± std)."""
     cols = ["N enc", "N dec", "d_model", "d_ff", "h", "d_k", "d_v"] + (["wiring"] if "wiring" in axes else [])
-    head = cols + ["params", "dev PPL", "dev BLEU", "test BLEU", "test sent/s", "seeds"]
+    speed, speed_label = speed_column(results)
+    head = cols + ["params", "dev PPL", "dev BLEU", "test BLEU", speed_label, "seeds"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pm(r, k, digits=2):
@@ -194,7 +256,7 @@ def markdown(results: list[dict], axes: list[str], title: str) -> str:
         if "wiring" in axes:
             arch.append(r["wiring_scheme"])
         lines.append("| " + " | ".join(str(x) for x in arch) + f" | {r['params'] / 1e6:.2f}M | {pm(r, 'dev_ppl')} | "
-                     f"{pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {r['sent_per_s']:.1f} | {r['seeds']} |")
+                     f"{pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {r[speed]:.1f} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,9 +279,10 @@ def plot(results: list[dict], axes: list[str], out: Path, title: str) -> list[Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     files.append(_save(fig, out / f"bleu_vs_{'_'.join(axes)}.png"))
+    speed, speed_label = speed_column(results)
     for xkey, ykey, xlabel, ylabel, name in (("params", "dev_ppl", "parameters (M)", "dev perplexity",
                                               "ppl_vs_params.png"),
-                                             ("sent_per_s", "test_bleu", "test decoding speed (sentences/s)",
+                                             (speed, "test_bleu", f"decoding speed ({speed_label})",
                                               "test BLEU", "bleu_vs_speed.png")):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         xs = [r[xkey] / (1e6 if xkey == "params" else 1) for r in results]
@@ -247,7 +310,9 @@ def write_results(study_dir: Path, runs: list[StudyRun], axes: list[str], beam: 
     import csv
 
     rows = collect(study_dir, runs, beam)
-    results = aggregate(rows, runs)
+    speed_file = study_dir / SPEED_FILE
+    together = json.loads(speed_file.read_text())["sent_per_s"] if speed_file.exists() else None
+    results = aggregate(rows, runs, together)
     for name, data in (("runs.csv", rows), ("results.csv", results)):
         if data:
             with (study_dir / name).open("w", newline="") as f:
