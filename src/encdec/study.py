@@ -155,15 +155,16 @@ def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt, *, sente
     from encdec.data.vocab import Vocab
     from encdec.decode import translate_ids
 
+    data = runs[0].cfg.data  # the axes vary the model only: every run reads the same corpus
+    sources = [p.src for p in load_corpus(data.source, data.cache_dir).split("test")[:sentences]]
     models = {}
     for name in dict.fromkeys(r.point_name for r in runs):
         done = [r for r in runs if r.point_name == name and is_finished(study_dir, r, beam)]
         if not done:
             continue
         folder = study_dir / done[0].folder
-        cfg, model = load_run(folder)
-        pairs = load_corpus(cfg.data.source, cfg.data.cache_dir).split("test")[:sentences]
-        models[name] = (model.to(rt.device).eval(), Vocab(folder / "vocab.model").encode([p.src for p in pairs]))
+        _, model = load_run(folder)
+        models[name] = (model.to(rt.device).eval(), Vocab(folder / "vocab.model").encode(sources))
     if not models:
         raise ValueError("no finished runs to time")
 
