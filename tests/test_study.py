@@ -74,9 +74,14 @@ def test_print_commands_runs_are_collected(tmp_path):
     assert r.exit_code == 0, r.output
     commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("encdec train")]
     assert len(commands) == 2
-    for cmd in commands:  # what a scheduler would run
+    for i, cmd in enumerate(commands):  # what a scheduler would run
         done = run(*cmd[1:])
         assert done.exit_code == 0, done.output
+        if i == 0:  # one run done, one to go: --collect reports it and trains nothing
+            partial = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--collect")
+            assert partial.exit_code == 0 and "1 unfinished runs left alone" in partial.output.replace("\n", "")
+            assert not (out / "wiring=dense/seed-1/metrics.jsonl").exists()
+            assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final"]
     r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out)
     assert r.exit_code == 0 and "2 runs (2 finished)" in r.output.replace("\n", "")
     assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final", "dense"]

@@ -362,6 +362,8 @@ def study(
     print_commands: bool = typer.Option(False, help="Print one `encdec train` command per unfinished run "
                                                     "(for SLURM or any scheduler) and exit; rerun without it "
                                                     "to collect the results."),
+    collect_only: bool = typer.Option(False, "--collect", help="Train nothing: report the runs finished so far "
+                                                              "(e.g. while a scheduler's runs are going)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     time_decoding: bool = typer.Option(False, help="Before reporting, time every finished point's decoding "
                                                    "together (200 test sentences, 3 interleaved rounds; run on a "
@@ -417,9 +419,12 @@ def study(
         for r in todo:
             print(shlex.join(S.train_command(study_dir, r, beam, limit)))
         return
-    if executor == "ray":
+    if collect_only and todo:
+        log(f"--collect: {len(todo)} unfinished runs left alone")
+        todo = []
+    if todo and executor == "ray":
         _study_on_ray(study_dir, todo, beam, limit, ray_address, cpus_per_run)
-    else:
+    elif todo:
         from encdec.evaluation import score_run
         from encdec.train import Interrupted, fit
 
