@@ -50,8 +50,13 @@ def test_smoke_heads_study_table_and_resume(tmp_path):
             assert math.isfinite(float(row[k])), (k, row)
     md = (out / "results.md").read_text()
     assert "| h | d_k | d_v | params | dev PPL | dev BLEU | test BLEU |" in md and md.count("\n| 2 | 2 |") == 2
-    assert {p.name for p in out.glob("*.png")} == {"bleu_vs_heads.png", "ppl_vs_params.png", "bleu_vs_speed.png"}
-    assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+    assert {p.name for p in out.glob("*.png")} == {"bleu_vs_heads.png", "ppl_vs_params.png", "bleu_vs_speed.png",
+                                                  "dev_bleu_vs_step.png"}
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["runs"]) == 4
+    for point in ("heads=1", "heads=4"):  # a smoke run evaluates once, at step 20: its dev BLEU
+        last = doc["dev_bleu_by_step"][point]["20"]
+        assert sorted(last) == sorted(r["dev_bleu"] for r in doc["runs"] if r["point"] == point)
     assert "test sent/s" in md  # each run's own evaluation speed, until the points are timed together
     again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--time-decoding")
     assert again.exit_code == 0 and "4 runs (4 finished)" in again.output.replace("\n", "")

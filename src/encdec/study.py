@@ -7,7 +7,8 @@ A study is a list of runs `(name, config)` (STYLE C10) under one folder:
                                      metrics.jsonl, hypotheses, eval.test.beam<b>.json)
     <out>/runs.csv                   one row per finished run
     <out>/results.{csv,json,md}      one row per point, mean and std over seeds
-    <out>/*.png                      BLEU against the axis, PPL against parameters, BLEU against speed
+    <out>/*.png                      BLEU against the axis, PPL against parameters, BLEU against speed,
+                                     dev BLEU against training step
     <out>/decode_speed.json          with --time-decoding: every point's decoding speed, timed together
 
 A run counts as finished when its eval JSON exists; re-running the study skips finished runs
@@ -214,6 +215,20 @@ def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
     return rows
 
 
+def curves(study_dir: Path, runs: list[StudyRun], beam: int) -> dict[str, dict[int, list[float]]]:
+    """Per point, the dev BLEU of every evaluation step, one value per finished seed: does an
+    order seen at the end of the budget hold along the way?"""
+    out: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        if not is_finished(study_dir, run, beam):
+            continue
+        lines = (study_dir / run.folder / "metrics.jsonl").read_text().splitlines()
+        for rec in (json.loads(line) for line in lines if line.strip()):
+            if "dev_bleu" in rec:
+                out.setdefault(run.point_name, {}).setdefault(rec["step"], []).append(rec["dev_bleu"])
+    return out
+
+
 def aggregate(rows: list[dict], runs: list[StudyRun], together: dict | None = None) -> list[dict]:
     """Per point (in plan order): the architecture columns, then mean and std over seeds of each metric;
     `decode_sent_s` from `time_decoding` (its "sent_per_s" mapping) where given, else None."""
@@ -298,6 +313,26 @@ def plot(results: list[dict], axes: list[str], out: Path, title: str) -> list[Pa
     return files
 
 
+def plot_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str) -> Path:
+    """Dev BLEU against training step, one line per point (mean ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, by_step in curve.items():
+        steps = sorted(by_step)
+        ax.errorbar(steps, [statistics.fmean(by_step[k]) for k in steps], fmt="o-", capsize=3, label=name,
+                    yerr=[statistics.stdev(by_step[k]) if len(by_step[k]) > 1 else 0.0 for k in steps])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("dev BLEU (subset, mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "dev_bleu_vs_step.png")
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -320,8 +355,11 @@ def write_results(study_dir: Path, runs: list[StudyRun], axes: list[str], beam: 
                 w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in data for k in r)))
                 w.writeheader()
                 w.writerows(data)
-    (study_dir / "results.json").write_text(json.dumps({"runs": rows, "results": results}, indent=2) + "\n")
+    curve = curves(study_dir, runs, beam)
+    (study_dir / "results.json").write_text(json.dumps({"runs": rows, "results": results, "dev_bleu_by_step": curve},
+                                                       indent=2) + "\n")
     if results:
         (study_dir / "results.md").write_text(markdown(results, axes, title))
         plot(results, axes, study_dir, title)
+        plot_curves(curve, study_dir, title)
     return results
