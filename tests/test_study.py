@@ -96,10 +96,13 @@ def test_study_on_a_local_ray_instance(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[dev])")
     out = tmp_path / "depth"
     r = smoke(tmp_path, "depth", "--values", "1,2-1", "--seeds", "1", "--out", out, "--executor", "ray",
-              "--cpus-per-run", "1")
+              "--cpus-per-run", "1", "--set", "model.norm=pre")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(row["n_enc"], row["n_dec"]) for row in rows] == [("1", "1"), ("2", "1")]
+    config = json.loads((out / "depth=2-1/seed-1/config.json").read_text())
+    assert config["model"]["norm"] == "pre"  # a --set change reaches every run and the table's title
+    assert (out / "results.md").read_text().startswith("### synthetic:reverse, tiny base + model.norm=pre, ")
 
 
 def test_study_mistakes(tmp_path):

@@ -398,6 +398,8 @@ def study(
         if executor not in ("local", "ray"):
             raise ValueError(f"--executor={executor!r}; choose local or ray")
         limit = 0
+        # the table's title names what was changed from the preset (not where the files live)
+        changes = "".join(f" + {item}" for item in set_ if not item.startswith("data.cache_dir="))
         if smoke:
             preset_name, steps, minutes, beam, limit = "tiny", 20, 0.0, 1, 100
             seeds = min(seeds, 2)
@@ -410,7 +412,8 @@ def study(
     except ValueError as e:
         fail(str(e))
     names = [a for a, _ in spec]
-    title = f"{data}, {preset_name} base, " + (f"{steps} steps" if not minutes else f"{minutes} min") + " per run"
+    title = (f"{data}, {preset_name} base{changes}, "
+             + (f"{steps} steps" if not minutes else f"{minutes} min") + " per run")
     todo = [r for r in runs if not S.is_finished(study_dir, r, beam)]
     log(f"study {study_dir}: {len(runs)} runs ({len(runs) - len(todo)} finished), axes {names}")
     if print_commands:
