@@ -3,7 +3,6 @@
 usage: .venv/bin/python scripts/plot_curve.py runs/main docs/main_curve.png
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,9 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from encdec.checkpoint import read_metrics  # noqa: E402
+
 
 def main(run: str, out: str) -> None:
-    records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(Path(run))
     train = [r for r in records if "loss" in r]
     dev = [r for r in records if "dev_ppl" in r and "final" not in r]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -135,6 +135,11 @@ def trim_metrics(run: Path, step: int) -> int:
     return len(lines) - len(keep)
 
 
+def read_metrics(run: Path) -> list[dict]:
+    """Every record of a run's training log, in the order written."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def append_metrics(run: Path, record: dict) -> None:
     with (run / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")

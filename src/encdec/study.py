@@ -192,6 +192,7 @@ def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt, *, sente
 def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
     """One row per finished run, read back from its folder."""
     from encdec.analysis.params import count
+    from encdec.checkpoint import read_metrics
     from encdec.evaluation import result_path
 
     rows = []
@@ -201,7 +202,7 @@ def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
         if not ev_file.exists():
             continue
         ev = json.loads(ev_file.read_text())
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = read_metrics(folder)
         final = next(r["final"] for r in reversed(records) if "final" in r)
         speeds = [r["tok_s"] for r in records if "tok_s" in r]
         m = run.cfg.model
@@ -218,12 +219,13 @@ def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
 def curves(study_dir: Path, runs: list[StudyRun], beam: int) -> dict[str, dict[int, list[float]]]:
     """Per point, the dev BLEU of every evaluation step, one value per finished seed: does an
     order seen at the end of the budget hold along the way?"""
+    from encdec.checkpoint import read_metrics
+
     out: dict[str, dict[int, list[float]]] = {}
     for run in runs:
         if not is_finished(study_dir, run, beam):
             continue
-        lines = (study_dir / run.folder / "metrics.jsonl").read_text().splitlines()
-        for rec in (json.loads(line) for line in lines if line.strip()):
+        for rec in read_metrics(study_dir / run.folder):
             if "dev_bleu" in rec:
                 out.setdefault(run.point_name, {}).setdefault(rec["step"], []).append(rec["dev_bleu"])
     return out
