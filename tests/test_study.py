@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from encdec.cli import app
-from encdec.config import RunConfig
+from encdec.config import ModelConfig, RunConfig
 from encdec.study import parse_axis, plan
 
 runner = CliRunner()
@@ -32,6 +32,9 @@ def test_plan_is_the_cross_product_and_validates_up_front():
     assert {(r.cfg.model.n_enc_layers, r.cfg.model.n_dec_layers) for r in runs} == {(2, 2), (6, 1)}
     assert {r.cfg.train.seed for r in runs} == {1, 2}
     assert runs[0].folder == "heads=1,depth=2/seed-1"
+    pinned = RunConfig(model=ModelConfig(d_head=64))  # heads at a fixed d_k, not d_model / h
+    assert {(r.cfg.model.n_heads, r.cfg.model.head_dim) for r in plan(pinned, [parse_axis("heads=1,16")], [1])} \
+        == {(1, 64), (16, 64)}
     with pytest.raises(ValueError, match="heads=3.*not divisible"):
         plan(base, [parse_axis("heads=3")], [1])
     with pytest.raises(ValueError, match="unknown study axis"):
@@ -109,6 +112,8 @@ def test_study_mistakes(tmp_path):
     for args, fragment in ((["grid", "--axis", "heads=1"], "two or more"),
                            (["heads", "--values", "3"], "not divisible"),
                            (["depth", "--values", "two"], "expected an integer"),
-                           (["heads", "--executor", "slurm"], "choose local or ray")):
+                           (["heads", "--executor", "slurm"], "choose local or ray"),
+                           (["heads", "--set", "model.n_heads=2"], "the study sets model.n_heads"),
+                           (["depth", "--set", "train.seed=7"], "the study sets train.seed")):
         r = smoke(tmp_path, *args, "--out", tmp_path / "x")
         assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, (args, r.output)

@@ -51,15 +51,18 @@ class StudyRun:
 
 
 def model_changes(axis: str, value: str) -> dict:
-    """The ModelConfig fields one axis value sets."""
+    """The ModelConfig fields one axis value sets.
+
+    d_head is left to the base: unset, it follows d_model / h (Table 3's row (A) and (C));
+    pinned with `--set model.d_head=64`, the heads axis varies h at a fixed d_k instead."""
     try:
         if axis == "heads":
-            return {"n_heads": int(value), "d_head": None}
+            return {"n_heads": int(value)}
         if axis == "depth":
             enc, _, dec = value.partition("-")
             return {"n_enc_layers": int(enc), "n_dec_layers": int(dec or enc)}
         if axis == "width":
-            return {"d_model": int(value), "d_ff": 4 * int(value), "d_head": None}
+            return {"d_model": int(value), "d_ff": 4 * int(value)}
     except ValueError:
         raise ValueError(f"{axis}={value!r}: expected an integer{' or ENC-DEC' if axis == 'depth' else ''}") from None
     if axis == "wiring":
