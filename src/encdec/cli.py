@@ -394,9 +394,9 @@ def study(
                 raise ValueError("--axis is for grid studies; for one axis use --values")
             spec = [S.parse_axis(axis if values is None else f"{axis}={values}")]
         varied = {f"model.{k}" for a, vals in spec for k in S.model_changes(a, vals[0])} | {"train.seed"}
-        for item in set_:
-            if item.partition("=")[0].strip() in varied:
-                raise ValueError(f"--set {item}: the study sets {item.partition('=')[0].strip()} for every run "
+        for key in (item.partition("=")[0].strip() for item in set_):
+            if key in varied:
+                raise ValueError(f"--set {key}=…: the study sets {key} for every run "
                                  "(from its axes, or --seeds for train.seed); drop the --set")
         if seeds < 1 or (steps < 1 and minutes <= 0):
             raise ValueError("--seeds must be >= 1 and the budget (--steps or --minutes) > 0")
