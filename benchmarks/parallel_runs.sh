@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the `encdec train` commands that `encdec study ... --print-commands` prints (one per line on
+# stdin), P at a time on this machine, each with EXTRA arguments appended; each run's output goes
+# to <its --out folder>/train.log and one line per finished run to stdout. Small models leave a
+# GPU mostly idle, so several runs share one. The GPU rows of docs/findings.md §6 were made so,
+# 15 at a time on one H100:
+#
+#   encdec study heads --values 16 --set model.d_head=64 --seeds 3 --steps 1000 \
+#       --out runs/gpu/study-heads-dk64 --print-commands \
+#     | bash benchmarks/parallel_runs.sh 15 --device cuda --precision fp32
+#
+# then the same study command with --collect in place of --print-commands writes the tables.
+# Exits non-zero when any run failed (its train.log says why).
+set -euo pipefail
+if [[ $# -lt 1 || ! $1 =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: encdec study ... --print-commands | $0 P [EXTRA ARGS...]   (P: runs at a time)" >&2
+    exit 2
+fi
+P=$1
+shift
+export EXTRA="$*"
+grep -E '^encdec train --out ' | xargs -d '\n' -P "$P" -n 1 bash -c '
+    read -ra cmd <<< "$0"
+    out=${cmd[3]}
+    mkdir -p "$out"
+    rc=0
+    "${cmd[@]}" $EXTRA > "$out/train.log" 2>&1 || rc=$?
+    echo "$(date +%T) rc=$rc $out"
+    exit $rc'
