@@ -2,8 +2,9 @@
 # Run the `encdec train` commands that `encdec study ... --print-commands` prints (one per line on
 # stdin), P at a time on this machine, each with EXTRA arguments appended; each run's output goes
 # to <its --out folder>/train.log and one line per finished run to stdout. Small models leave a
-# GPU mostly idle, so several runs share one. The GPU rows of docs/findings.md §6 were made so,
-# 15 at a time on one H100:
+# GPU mostly idle, so several runs share one. The GPU rows of docs/findings.md §6 were made by
+# this same xargs loop (inline in the GPU job; this file was extracted from it afterwards),
+# 15 at a time on one H100 (9 for the pre-norm heads runs):
 #
 #   encdec study heads --values 16 --set model.d_head=64 --seeds 3 --steps 1000 \
 #       --out runs/gpu/study-heads-dk64 --print-commands \
@@ -19,7 +20,12 @@ fi
 P=$1
 shift
 export EXTRA="$*"
-grep -E '^encdec train --out ' | xargs -d '\n' -P "$P" -n 1 bash -c '
+cmds=$(grep -E '^encdec train --out ' || true)
+if [[ -z $cmds ]]; then
+    echo "no 'encdec train --out ...' lines on stdin (every run of the study finished?)" >&2
+    exit 1
+fi
+printf '%s\n' "$cmds" | xargs -d '\n' -P "$P" -n 1 bash -c '
     read -ra cmd <<< "$0"
     out=${cmd[3]}
     mkdir -p "$out"
