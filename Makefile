@@ -8,8 +8,13 @@ setup:
 run: setup
 	.venv/bin/encdec train --out runs/main --minutes 30 --set model.wiring=dense
 
+# The main suite, then its bf16 leg: the bf16 tests again with precision auto forced to bf16, so a
+# CPU without native bf16 (where the main suite skips them) still exercises that path.
 test: setup
+	@lscpu | grep 'Model name' || true
+	@grep -o -m1 -E 'avx512_bf16|amx_bf16' /proc/cpuinfo | sed 's/^/native bf16: /' || echo "native bf16: none"
 	.venv/bin/python -m pytest
+	ENCDEC_FORCE_PRECISION=bf16 .venv/bin/python -m pytest -m bf16
 
 lint: setup
 	.venv/bin/ruff check src tests

@@ -2,7 +2,7 @@
 
 usage: .venv/bin/python benchmarks/profile_step.py [DROPOUT]   (default 0, the main job's)
 Random tokens, a batch of 128 x 30 source / 32 target tokens, fp32, all cores, encdec's own
-training step (`encdec.train.train_step`).
+training step (`encdec.optim.train_step`).
 """
 
 import sys
@@ -16,7 +16,7 @@ from encdec.config import TrainConfig, preset
 from encdec.data.batching import Batch
 from encdec.model import Transformer
 from encdec.runtime import Runtime
-from encdec.train import make_optimizer, train_step
+from encdec.optim import make_optimizer, train_step
 
 
 def timed(fn, repeats: int) -> float:

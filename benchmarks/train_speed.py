@@ -5,7 +5,7 @@ post-LN, dropout 0.1, AdamW, label smoothing 0.1), the same batches (128 rows, s
 target lengths 20-32, padded; real target tokens counted), interleaved rounds (one step of
 each model per round, so drifts of a shared machine hit all alike), median tokens/s over the
 rounds after warm-up. Peak RSS is measured per model in a fresh subprocess (`--rss MODEL`).
-encdec runs its own training step (`encdec.train.train_step`: output layer fused with the loss,
+encdec runs its own training step (`encdec.optim.train_step`: output layer fused with the loss,
 fused AdamW); the peers the usual logits + `F.cross_entropy` + AdamW. Peers are optional: a
 missing package skips its row. `encdec-compiled` (not in the default list) is encdec's step with
 the model under `torch.compile` (`nn.Module.compile()`); its compile time falls in the warm-up.
@@ -99,12 +99,12 @@ OPTIONAL = ("encdec-compiled",)
 
 
 def encdec_step_fn(dropout: float, precision: str, compiled: bool = False):
-    """encdec's own training step (`encdec.train.train_step`: fused output loss, fused AdamW), as
+    """encdec's own training step (`encdec.optim.train_step`: fused output loss, fused AdamW), as
     `encdec train` runs it; gradient clipping off like the peers (its norm is still computed)."""
     from encdec.config import TrainConfig
     from encdec.data.batching import Batch
     from encdec.runtime import Runtime
-    from encdec.train import make_optimizer, train_step
+    from encdec.optim import make_optimizer, train_step
 
     model, _ = build("encdec", dropout)
     if compiled:

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from encdec.config import WIRINGS
 from encdec.data.vocab import BOS, EOS
 from encdec.decode import beam_search, greedy, length_penalty, top_candidates
 from encdec.model import Transformer
@@ -98,7 +99,7 @@ def test_length_penalty_values():
     assert length_penalty(9, 0.0) == 1.0
 
 
-@pytest.mark.parametrize("wiring", ["final", "layerwise", "mix", "dense"])
+@pytest.mark.parametrize("wiring", WIRINGS)
 def test_beam_one_equals_greedy(wiring):
     torch.manual_seed(1)
     model = Transformer(tiny(wiring=wiring)).eval()
@@ -169,7 +170,7 @@ class EosProne(Transformer):
         return out + F.one_hot(torch.tensor(EOS), out.size(-1)) * (4.0 * y[..., :1] + 1.0)
 
 
-@pytest.mark.parametrize("wiring", ["final", "layerwise", "dense"])
+@pytest.mark.parametrize("wiring", WIRINGS)
 def test_batched_beam_search_equals_the_reference(wiring):
     """The fast path (shared memory per sentence, reused cache buffers, vectorised steps, top-k on
     raw logits) finds exactly the hypotheses of the plain one-sentence-at-a-time search."""

@@ -1,12 +1,11 @@
 import pytest
 import torch
 
+from encdec.config import WIRINGS
 from encdec.data.vocab import PAD
 from encdec.model import Transformer, attend
 
 from conftest import random_batch, tiny
-
-WIRINGS = ["final", "layerwise", "mix", "dense"]
 
 
 def incremental_logits(model, batch):

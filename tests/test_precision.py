@@ -8,8 +8,8 @@ import torch
 from encdec import runtime
 from encdec.config import TrainConfig
 from encdec.model import Transformer
+from encdec.optim import make_optimizer, train_step
 from encdec.runtime import Runtime
-from encdec.train import make_optimizer, train_step
 
 from conftest import random_batch, tiny
 

@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -75,8 +76,8 @@ def test_optimizer_state_is_matched_to_parameters_by_name():
     ckpt.load_optimizer(fresh, model, shuffled)
     for p in model.parameters():
         assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"])
-    legacy = {k: v for k, v in shuffled.items() if k != "param_names"}  # old checkpoints: by position
-    with pytest.raises(ValueError, match="does not fit parameter"):
+    legacy = {k: v for k, v in shuffled.items() if k != "param_names"}  # no names: no guessing by position
+    with pytest.raises(ValueError, match="no parameter names"):
         ckpt.load_optimizer(torch.optim.AdamW(model.parameters()), model, legacy)
 
 
@@ -136,3 +137,82 @@ def test_sigterm_mid_step_saves_the_state_after_that_step_and_resume_repeats_the
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone again
     fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
+def test_average_of_the_last_snapshots_is_their_mean(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=6, eval_every=2, average_last=2)
+    fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("*.safetensors"))
+    assert [p.name for p in snaps] == ["step-0000004.safetensors", "step-0000006.safetensors"]  # rotation keeps 2
+    avg = ckpt.average_snapshots(tmp_path / "run", [p.name for p in snaps], cfg.model, torch.device("cpu"))
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(p)) for p in snaps)
+    for name, value in avg.state_dict().items():
+        torch.testing.assert_close(value, (a[name].double() + b[name].double()).div(2).float(), rtol=0, atol=0)
+    assert not torch.equal(a["encoder.0.ffn.w1.weight"], b["encoder.0.ffn.w1.weight"])  # a real average
+
+
+def test_wall_clock_budget_counts_training_time_only(tmp_path, monkeypatch):
+    """max_minutes against a fake clock: each step takes 6 s and each evaluation 10 min, so a
+    1-minute budget is exactly 10 steps, however long the evaluations take."""
+    import encdec.train as train_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr(train_mod, "now", lambda: clock[0])
+    real_step, real_eval = train_mod.train_step, train_mod.evaluate
+
+    def slow_step(*args, **kwargs):
+        clock[0] += 6.0
+        return real_step(*args, **kwargs)
+
+    def slow_eval(*args, **kwargs):
+        clock[0] += 600.0
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", slow_step)
+    monkeypatch.setattr(train_mod, "evaluate", slow_eval)
+    cfg = copy_config(tmp_path, max_steps=0, max_minutes=1.0, eval_every=3)
+    summary = fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
+    assert summary["step"] == 10
+    assert summary["train_min"] == 1.0 and summary["total_min"] > 40  # 4 evaluations + the final one
+
+
+def test_without_a_bleu_subset_the_log_reports_the_dev_loss(tmp_path):
+    messages = []
+    fit(copy_config(tmp_path, max_steps=4, eval_every=2), tmp_path / "run", RT, log=messages.append, progress=False)
+    evals = [m for m in messages if m.startswith("step ")]
+    assert len(evals) == 2 and all("dev loss" in m and "nan" not in m and "BLEU" not in m for m in evals)
+    best = float(evals[-1].split("(best ")[1].split()[0])
+    assert best > 0  # a loss, not minus a loss
+
+
+def test_attention_dropout_trains_and_is_off_at_evaluation(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=3)
+    cfg = replace(cfg, model=replace(cfg.model, attn_dropout=0.3))
+    fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
+    assert all(math.isfinite(x) for x in losses(tmp_path / "run"))
+    _, model = load_run(tmp_path / "run")
+    from conftest import random_batch
+
+    batch = random_batch(vocab=64)
+    model.eval()
+    first, second = (model(batch.src, batch.src_mask, batch.tgt_in).logits for _ in range(2))
+    assert torch.equal(first, second)  # no dropout at evaluation
+    model.train()
+    torch.manual_seed(0)
+    noisy = model(batch.src, batch.src_mask, batch.tgt_in).logits
+    assert not torch.equal(noisy, first)  # but there is in training
+
+
+def test_bpe_vocabulary_trains_and_round_trips(tmp_path):
+    cfg = copy_config(tmp_path, max_steps=2)
+    cfg = replace(cfg, data=replace(cfg.data, spm_model="bpe"))
+    fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
+    vocab = Vocab(tmp_path / "run" / "vocab.model")
+    text = load_corpus("synthetic:copy").test[0].src
+    assert vocab.decode(vocab.encode([text])[0]) == text
+    assert [p.name for p in (tmp_path / "cache").rglob("spm-*.model")] == ["spm-bpe-64.model"]
+    # a BPE model scores its pieces by merge order (0, -1, -2, ...); a unigram model by log-probability
+    scores = [vocab.sp.get_score(i) for i in range(4, vocab.size)]
+    assert all(s == int(s) for s in scores) and scores == sorted(scores, reverse=True)

@@ -8,6 +8,7 @@ runs/NAME/
   checkpoint/            latest resumable state: weights + optimizer + RNG + data position
   snapshots/             weights at the last K evaluations (for averaging)
   metrics.jsonl          training log
+  tensorboard/           the same log for TensorBoard (when the package is installed)
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from encdec.config import RunConfig, load_json, save_json
+from encdec.config import ModelConfig, RunConfig, load_json, save_json
 from encdec.model import Transformer
 
 
@@ -32,32 +35,81 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Compare a safetensors file's header (names and shapes; no tensor is read) with the model's
+    parameter shapes; a ValueError names the first difference. Checked before any work starts."""
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except Exception as e:  # safetensors raises several types for truncated/corrupt files
         raise ValueError(f"cannot read weights {path}: {e}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise ValueError(
-            f"weights {path} do not match the model config: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+        raise ValueError(f"weights {path} do not match the model config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise ValueError(f"weights {path} do not fit the run's config.json: {name} has shape {list(found[name])} "
+                             f"in the file, the config gives {list(shape)}")
+
+
+def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The weight shapes a model of `cfg` has, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return shapes(Transformer(cfg))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    check_weights(path, shapes(model))
+    model.load_state_dict(load_file(str(path)))
 
 
 def save_state(folder: Path, model: torch.nn.Module, state: dict) -> None:
-    """Write weights + training state to `folder` atomically (temp folder, then rename)."""
-    tmp = folder.with_name(folder.name + ".tmp")
+    """Write weights + training state to `folder` atomically: a complete temp folder, then two
+    renames. A kill between the renames leaves no `folder` but a complete temp folder, which
+    `recover_state` puts in place on the next start."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / "model.safetensors")
     torch.save(state, tmp / "state.pt")
-    old = folder.with_name(folder.name + ".old")
+    (tmp / COMPLETE).touch()
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
+    _pause_for_tests(folder)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+COMPLETE = "complete"  # written last into a checkpoint's temp folder
+PAUSE_ENV = "ENCDEC_TEST_CHECKPOINT_PAUSE"
+
+
+def _pause_for_tests(folder: Path) -> None:
+    """Tests only: with $ENCDEC_TEST_CHECKPOINT_PAUSE set to a file name, create that file and
+    wait, at the worst moment of a checkpoint write (no `folder` yet), so a test can kill the
+    process there."""
+    flag = os.environ.get(PAUSE_ENV)
+    if flag:
+        Path(flag).write_text(str(folder))
+        time.sleep(60)
+
+
+def recover_state(folder: Path) -> None:
+    """Finish or undo a checkpoint write that a kill interrupted: with no `folder`, a complete
+    temp folder becomes it, else the previous checkpoint (`.old`) is put back."""
+    if folder.exists():
+        return
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    if (tmp / COMPLETE).exists():
+        tmp.rename(folder)
+    elif old.exists():
+        old.rename(folder)
 
 
 def load_state(folder: Path, model: torch.nn.Module) -> dict:
@@ -75,23 +127,50 @@ def optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
 
 
 def load_optimizer(opt: torch.optim.Optimizer, model: torch.nn.Module, saved: dict) -> None:
-    """Load `optimizer_state` output, matching parameters by name (by position for old checkpoints)."""
+    """Load `optimizer_state` output, matching parameters by name."""
     saved = dict(saved)
     names = saved.pop("param_names", None)
-    if names is not None:
-        name_of = {id(p): n for n, p in model.named_parameters()}
-        saved_id = {n: i for i, n in enumerate(names)}
-        if set(saved_id) != set(name_of.values()):
-            odd = sorted(set(saved_id) ^ set(name_of.values()))
-            raise ValueError(f"optimizer state is for other parameters: {odd[:5]}")
-        saved["param_groups"] = [{**g, "params": [saved_id[name_of[id(p)]] for p in cur["params"]]}
-                                 for g, cur in zip(saved["param_groups"], opt.param_groups)]
+    if names is None:
+        raise ValueError("optimizer state has no parameter names (a checkpoint from an encdec before they were "
+                         "recorded); start the run in a new folder")
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    saved_id = {n: i for i, n in enumerate(names)}
+    if set(saved_id) != set(name_of.values()):
+        odd = sorted(set(saved_id) ^ set(name_of.values()))
+        raise ValueError(f"optimizer state is for other parameters: {odd[:5]}")
+    saved["param_groups"] = [{**g, "params": [saved_id[name_of[id(p)]] for p in cur["params"]]}
+                             for g, cur in zip(saved["param_groups"], opt.param_groups)]
     opt.load_state_dict(saved)
     for n, p in model.named_parameters():
         moment = opt.state.get(p, {}).get("exp_avg")
         if moment is not None and moment.shape != p.shape:
-            raise ValueError(f"optimizer state does not fit parameter {n}: {tuple(moment.shape)} vs {tuple(p.shape)} "
-                             "(a checkpoint from another code version; add its parameter order as 'param_names')")
+            raise ValueError(f"optimizer state does not fit parameter {n}: {tuple(moment.shape)} vs {tuple(p.shape)}")
+
+
+def save_snapshot(run: Path, model: torch.nn.Module, step: int, kept: list[str], k: int) -> list[str]:
+    """Write the weights of `step` to RUN/snapshots/ and delete all but the last `k` snapshots;
+    returns the names kept (oldest first), which the training state records."""
+    folder = run / "snapshots"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"step-{step:07d}.safetensors"
+    save_weights(model, path)
+    kept = (kept + [path.name])[-k:]
+    for old in folder.glob("*.safetensors"):
+        if old.name not in kept:
+            old.unlink()
+    return kept
+
+
+def average_snapshots(run: Path, names: list[str], cfg: ModelConfig, device: torch.device) -> Transformer:
+    """A model whose weights are the mean of the named snapshots (summed in float64)."""
+    total = None
+    for name in names:
+        sd = load_file(str(run / "snapshots" / name))
+        total = {k: v.double() for k, v in sd.items()} if total is None else {k: total[k] + sd[k].double()
+                                                                              for k in total}
+    out = Transformer(cfg)
+    out.load_state_dict({k: (v / len(names)).to(torch.float32) for k, v in total.items()})
+    return out.to(device)
 
 
 def write_config(run: Path, cfg: RunConfig) -> None:
@@ -118,6 +197,12 @@ def load_run(run: Path, *, weights: str = "model.safetensors") -> tuple[RunConfi
     load_weights(model, path)
     model.eval()
     return cfg, model
+
+
+def clear_logs(run: Path) -> None:
+    """Remove the training logs of a run that has no checkpoint (a fresh start repeats its steps)."""
+    (run / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(run / "tensorboard", ignore_errors=True)
 
 
 def trim_metrics(run: Path, step: int) -> int:

@@ -16,12 +16,34 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-WIRINGS = ("final", "layerwise", "mix", "dense")
-POSITIONS = ("sinusoidal", "learned")
-ACTIVATIONS = ("relu", "gelu")
-NORMS = ("post", "pre")
-SCHEDULES = ("inverse_sqrt", "linear")
-PRECISIONS = ("auto", "fp32", "bf16")
+# Every option list is one Literal; the tuple of its names (for validation, CLI help, tests and
+# analysis defaults) is derived from it, never kept in step by hand.
+Wiring = Literal["final", "layerwise", "mix", "dense"]
+Norm = Literal["post", "pre"]
+Positions = Literal["sinusoidal", "learned"]
+Activation = Literal["relu", "gelu"]
+SpmModel = Literal["unigram", "bpe"]
+Schedule = Literal["inverse_sqrt", "linear"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+WIRINGS: tuple[str, ...] = typing.get_args(Wiring)
+NORMS: tuple[str, ...] = typing.get_args(Norm)
+POSITIONS: tuple[str, ...] = typing.get_args(Positions)
+ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
+SPM_MODELS: tuple[str, ...] = typing.get_args(SpmModel)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+
+# The paper's decoding settings (Vaswani et al. 2017, section 6.1), every command's default.
+BEAM = 4
+ALPHA = 0.6  # length penalty exponent (Wu et al. 2016)
+
+
+def _check_choices(cfg, section: str) -> None:
+    """Every field annotated with a Literal holds one of its values."""
+    for name, tp in typing.get_type_hints(type(cfg)).items():
+        if typing.get_origin(tp) is Literal and getattr(cfg, name) not in typing.get_args(tp):
+            raise ValueError(f"{section}.{name}={getattr(cfg, name)!r}; choose one of {typing.get_args(tp)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,18 +67,19 @@ class ModelConfig:
     n_dec_layers: int = 6
     dropout: float = 0.1
     attn_dropout: float = 0.0
-    norm: Literal["post", "pre"] = "post"
+    norm: Norm = "post"
     max_len: int = 1024
-    wiring: Literal["final", "layerwise", "mix", "dense"] = "final"
+    wiring: Wiring = "final"
     layer_map: tuple[int, ...] | None = None  # layerwise only: encoder layer (1-based) read by each decoder layer
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # learned: a max_len x d_model table (BERT, GPT)
-    activation: Literal["relu", "gelu"] = "relu"  # of the feed-forward layer
+    positions: Positions = "sinusoidal"  # learned: a max_len x d_model table (BERT, GPT)
+    activation: Activation = "relu"  # of the feed-forward layer
     n_segments: int = 0  # segment (token type) embeddings added to the input (BERT: 2)
     embed_norm: bool = False  # LayerNorm on the summed input embeddings (BERT)
     pooler: bool = False  # encoder-only: tanh(W h_0 + b) over the first position (BERT)
     tie_output: bool = True  # the output projection is the embedding matrix; False adds a V x D matrix
 
     def __post_init__(self) -> None:
+        _check_choices(self, "model")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
@@ -75,16 +98,8 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
-        if self.norm not in NORMS:
-            raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
-        if self.wiring not in WIRINGS:
-            raise ValueError(f"model.wiring={self.wiring!r}; choose one of {WIRINGS}")
         if self.wiring != "final" and self.kind != "encoder-decoder":
             raise ValueError(f"model.wiring={self.wiring!r} needs both an encoder and a decoder ({self.kind} model)")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"model.positions={self.positions!r}; choose one of {POSITIONS}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={self.activation!r}; choose one of {ACTIVATIONS}")
         if self.n_segments < 0:
             raise ValueError(f"model.n_segments={self.n_segments} must be >= 0")
         if self.pooler and self.kind != "encoder":
@@ -127,11 +142,12 @@ class DataConfig:
 
     source: str = "bible:es-en"  # bible:es-en | text:SRC,TGT | synthetic:copy|reverse|sort
     vocab_size: int = 8000  # joint SentencePiece vocabulary (must equal model.vocab_size)
-    spm_model: Literal["unigram", "bpe"] = "unigram"
+    spm_model: SpmModel = "unigram"
     max_len: int = 256  # training pairs with more subword tokens on either side are dropped
     cache_dir: str | None = None  # default: $ENCDEC_CACHE or ~/.cache/encdec
 
     def __post_init__(self) -> None:
+        _check_choices(self, "data")
         if not self.source or ":" not in self.source:
             raise ValueError(
                 f"data.source={self.source!r}; expected bible:es-en, text:SRC_FILE,TGT_FILE or synthetic:TASK"
@@ -140,8 +156,6 @@ class DataConfig:
             raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 8")
         if self.max_len < 2:
             raise ValueError(f"data.max_len={self.max_len} must be >= 2")
-        if self.spm_model not in ("unigram", "bpe"):
-            raise ValueError(f"data.spm_model={self.spm_model!r}; choose unigram or bpe")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +171,7 @@ class TrainConfig:
     max_tokens: int = 3000  # rows * longest side (+1) per batch, padding included
     accum: int = 1  # batches per rank per optimizer step (gradient accumulation)
     lr: float = 2e-3  # measured on the main job (docs/findings.md)
-    schedule: Literal["inverse_sqrt", "linear"] = "linear"
+    schedule: Schedule = "linear"
     warmup_steps: int = 150
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
@@ -171,17 +185,16 @@ class TrainConfig:
     dev_bleu_sentences: int = 300  # fixed random dev subset for BLEU during training; 0 disables
     average_last: int = 1  # average the weights of the last K evaluation checkpoints at the end
     log_every: int = 20
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
+        _check_choices(self, "train")
         if self.max_tokens < 16:
             raise ValueError(f"train.max_tokens={self.max_tokens} must be >= 16")
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
         if self.accum < 1:
             raise ValueError(f"train.accum={self.accum} must be >= 1")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"train.schedule={self.schedule!r}; choose one of {SCHEDULES}")
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -192,8 +205,6 @@ class TrainConfig:
             raise ValueError(f"train.eval_every={self.eval_every}, train.log_every={self.log_every} must be >= 1")
         if self.average_last < 1:
             raise ValueError(f"train.average_last={self.average_last} must be >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision={self.precision!r}; choose one of {PRECISIONS}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,8 +230,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         vocab_size=37000, d_model=1024, n_heads=16, d_ff=4096, dropout=0.3
     ),
     # CPU default for the main job, chosen by measurement on bible:es-en: in a 30-minute budget
-    # (three to four epochs) dropout only slows learning; 0.0 gave 21.9 test BLEU, 0.1 gave 15.4
-    # (docs/findings.md).
+    # (a few epochs) dropout only slows learning (README, main-job table).
     "small": ModelConfig(
         vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, n_enc_layers=3, n_dec_layers=3, dropout=0.0
     ),
@@ -256,6 +266,18 @@ def preset(name: str) -> ModelConfig:
         hint = f" did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(MODEL_PRESETS)}.{hint}")
     return MODEL_PRESETS[name]
+
+
+def run_config(preset_name: str, source: str, *, vocab_size: int | None = None, steps: int = 0, minutes: float = 0.0,
+               epochs: int = 0, overrides: list[str] | None = None) -> RunConfig:
+    """A RunConfig from a model preset, a data source and a budget, then `overrides`.
+
+    The presets' vocabulary sizes are the paper's (for `encdec params`); training learns its own
+    joint vocabulary: 8000 pieces for real corpora, at most 64 for the synthetic tasks."""
+    vs = vocab_size or (64 if source.startswith("synthetic:") else 8000)
+    cfg = RunConfig(model=replace(preset(preset_name), vocab_size=vs), data=DataConfig(source=source, vocab_size=vs),
+                    train=TrainConfig(max_steps=steps, max_minutes=minutes, max_epochs=epochs))
+    return apply_overrides(cfg, overrides or [])
 
 
 # --- strict overrides ----------------------------------------------------------------------

@@ -12,13 +12,18 @@ import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from encdec.config import ALPHA
 from encdec.data.batching import bucket, encode_sources
 from encdec.data.vocab import BOS, EOS, PAD
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -46,13 +51,23 @@ def decoding(fn):
     return run
 
 
+MAX_EXTRA = 50  # output tokens beyond the source length (Vaswani et al. 2017, section 6.1)
+
+
+def source_room(max_len: int, max_extra: int = MAX_EXTRA) -> int:
+    """The longest source (tokens, EOS excluded) that a model of `max_len` positions decodes with
+    its full output allowance: source + EOS on the encoder side, BOS + source + EOS + max_extra
+    on the decoder side."""
+    return max(1, max_len - 2 - max_extra)
+
+
 def _limits(src_mask: Tensor, max_extra: int, max_len: int | None) -> Tensor:
     limits = src_mask.sum(dim=1) + max_extra  # (B,) longest allowed output per sentence, EOS excluded
     return limits if max_len is None else limits.clamp(max=max_len)
 
 
 @decoding
-def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = 50, max_len: int | None = None,
+def greedy(model, src: Tensor, src_mask: Tensor, *, max_extra: int = MAX_EXTRA, max_len: int | None = None,
            min_len: int = 0) -> list[list[int]]:
     """src (B, S) -> B token lists (no BOS/EOS). A sentence that ends leaves the batch."""
     B, dev = src.size(0), src.device
@@ -87,8 +102,7 @@ def top_candidates(scores: Tensor, logp: Tensor, n: int, block: int = 64) -> tup
     forming the (B, K*V) sums: each row's vocabulary is cut into blocks of `block`, and a block
     holding one of the n best candidates is among the n blocks with the highest score + block
     maximum (every block ranked above it holds a better candidate). So only n blocks per sentence
-    are searched. At B = 32, K = 4, V = 8000 on this project's 2-core CPU, the sum and a
-    torch.topk over (B, K*V) took 3.0 ms, this 1.05 ms.
+    are searched, instead of a top-k over all B x K*V sums (timings: benchmarks/README.md).
     """
     B, K = scores.shape
     V = logp.size(-1)
@@ -107,7 +121,7 @@ def top_candidates(scores: Tensor, logp: Tensor, n: int, block: int = 64) -> tup
 
 
 @decoding
-def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float = 0.6, max_extra: int = 50,
+def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float = ALPHA, max_extra: int = MAX_EXTRA,
                 nbest: int = 1, max_len: int | None = None, min_len: int = 0) -> list[list[Hypothesis]]:
     """Batched beam search; returns per sentence the `nbest` best hypotheses, best first.
 
@@ -201,10 +215,20 @@ def beam_search(model, src: Tensor, src_mask: Tensor, *, beam: int, alpha: float
 
 
 @decoding
-def translate_ids(model, sources: list[list[int]], rt, *, beam: int = 1, alpha: float = 0.6,
-                  max_tokens: int = 6000, on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Decode source id lists in length-sorted batches; returns target ids in input order."""
+def translate_ids(model, sources: list[list[int]], rt: Runtime, *, beam: int = 1, alpha: float = ALPHA,
+                  max_tokens: int = 6000, on_batch: Callable[[int], None] | None = None,
+                  on_truncate: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """Decode source id lists in length-sorted batches; returns target ids in input order.
+
+    A source longer than the model can decode (`source_room`) is cut to fit, and
+    `on_truncate(index, original length)` is told; outputs never run past the model's positions."""
     model.eval()
+    max_len = model.cfg.max_len
+    room = source_room(max_len)
+    for i, s in enumerate(sources):
+        if len(s) > room and on_truncate:
+            on_truncate(i, len(s))
+    sources = [s[:room] for s in sources]
     out: list[list[int]] = [[] for _ in sources]
     budget = max(64, max_tokens // max(beam, 1))
     for idx in bucket([(len(s), len(s)) for s in sources], budget):
@@ -212,9 +236,10 @@ def translate_ids(model, sources: list[list[int]], rt, *, beam: int = 1, alpha: 
         src, mask = src.to(rt.device), mask.to(rt.device)
         with rt.autocast():
             if beam == 1:
-                hyps = greedy(model, src, mask)
+                hyps = greedy(model, src, mask, max_len=max_len - 1)
             else:
-                hyps = [list(h[0].tokens) for h in beam_search(model, src, mask, beam=beam, alpha=alpha)]
+                hyps = [list(h[0].tokens) for h in beam_search(model, src, mask, beam=beam, alpha=alpha,
+                                                                max_len=max_len - 1)]
         for i, h in zip(idx, hyps):
             out[i] = h
         if on_batch:

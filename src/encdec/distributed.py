@@ -14,10 +14,11 @@ model.py knows nothing of any of this.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Dist:
         if self.world == 1:
             return value
         t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
+        torch_dist.all_reduce(t)
         return float(t)
 
     def any(self, flag: bool) -> bool:
@@ -42,12 +43,12 @@ class Dist:
         if self.world == 1:
             return flag
         t = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return bool(t.item())
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            torch_dist.barrier()
 
 
 def from_env() -> Dist:
@@ -58,29 +59,44 @@ def from_env() -> Dist:
     return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def setup(d: Dist, device_type: str) -> None:
-    if d.world > 1 and not dist.is_initialized():
+def setup(dist: Dist, device_type: str) -> None:
+    if dist.world > 1 and not torch_dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(d.local_rank)
-        dist.init_process_group(backend=backend)
+            torch.cuda.set_device(dist.local_rank)
+        torch_dist.init_process_group(backend=backend)
 
 
-def cleanup(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(dist: Dist) -> None:
+    if dist.world > 1 and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     """DDP around the model when there are several ranks; the model itself otherwise."""
-    if d.world == 1:
+    if dist.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [d.local_rank] if next(model.parameters()).is_cuda else None
+    device_ids = [dist.local_rank] if next(model.parameters()).is_cuda else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def shard(items: list, d: Dist) -> list:
+def shard(items: list, dist: Dist) -> list:
     """This rank's share of one step's batches: items rank, rank + world, ..."""
-    return items[d.rank :: d.world]
+    return items[dist.rank :: dist.world]
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """This very `encdec` command line (`argv` without the program), with --nproc removed, as a
+    torchrun launch of `nproc` processes on this machine."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "encdec", *args]

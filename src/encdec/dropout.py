@@ -1,7 +1,7 @@
-"""Inverted dropout with a cheaper random mask: 3.5x faster than `nn.Dropout` on this CPU.
+"""Inverted dropout with a cheaper random mask than `nn.Dropout`'s (timings: benchmarks/README.md).
 
-PyTorch's CPU dropout draws one random number per element from its (serial) generator; at
-d_model 256 that was 11% of a training step at dropout 0.1 (benchmarks/profile_step.py). Here
+PyTorch's CPU dropout draws one random number per element from its (serial) generator, a
+visible share of a training step of a small model (benchmarks/profile_step.py). Here
 one 64-bit draw gives three 16-bit uniform integers: an element is kept when its integer is at
 or above round(p * 65536), so the drop rate is that over 65536 (0.100006 for p = 0.1) and the
 kept values are scaled by 1 / (1 - that rate): the expectation is exact. The draws come from

@@ -1,7 +1,8 @@
-"""Score a trained run on a split of its corpus: translate, write hypotheses and a JSON result.
+"""Use a trained run: translate lines of text (`encdec translate`), or score it on a split of its
+corpus, writing hypotheses and a JSON result (`encdec evaluate`, the end of `encdec train`, and
+`encdec study`, which reads eval.<split>.beam<k>.json back).
 
-Used by `encdec evaluate` (and so at the end of `encdec train`) and by `encdec study`, which
-reads the JSON back: eval.<split>.beam<k>.json in the run folder.
+Neither ever loses a line: one output per input line, whatever the line holds.
 """
 
 from __future__ import annotations
@@ -10,21 +11,63 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from encdec.checkpoint import load_run
+from encdec.config import ALPHA, BEAM
 from encdec.data import load_corpus
 from encdec.data.vocab import Vocab
-from encdec.decode import translate_ids
+from encdec.decode import source_room, translate_ids
 from encdec.metrics import bleu, chrf
 from encdec.quantize import quantize_int8
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
+
+
+def read_lines(raw: bytes) -> tuple[list[str], list[int]]:
+    """Input bytes -> one str per line, and the (1-based) numbers of the lines that held invalid
+    UTF-8. Lines end at "\\n" only (a trailing "\\r" is dropped), so every other character,
+    NUL and Unicode line separators included, stays inside its line; invalid bytes become U+FFFD."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if not raw:
+        return [], []
+    lines, bad = [], []
+    for n, chunk in enumerate(raw.split(b"\n"), start=1):
+        chunk = chunk.removesuffix(b"\r")
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(chunk.decode("utf-8", errors="replace"))
+            bad.append(n)
+    return lines, bad
+
+
+def translate_lines(model, vocab: Vocab, lines: list[str], rt: Runtime, *, beam: int = BEAM, alpha: float = ALPHA,
+                    warn: Callable[[str], None] = lambda msg: None) -> list[str]:
+    """One translation per line (an empty or blank line gives an empty line); a line too long for
+    the model is translated from its beginning, with a warning naming the line (1-based)."""
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    ids = vocab.encode([lines[i].strip() for i in keep])
+
+    def truncated(j: int, length: int) -> None:
+        warn(f"line {keep[j] + 1}: {length} tokens, more than the model takes; translating its first "
+             f"{source_room(model.cfg.max_len)}")
+
+    hyps = translate_ids(model, ids, rt, beam=beam, alpha=alpha, on_truncate=truncated)
+    out = [""] * len(lines)
+    for i, h in zip(keep, hyps):
+        out[i] = " ".join(vocab.decode(h).split("\n"))  # an output line holds no line break
+    return out
 
 
 def result_path(run: Path, split: str, beam: int, int8: bool = False) -> Path:
     return Path(run) / f"eval.{split}.beam{beam}{'.int8' if int8 else ''}.json"
 
 
-def score_run(run: Path, split: str, rt, *, beam: int = 4, alpha: float = 0.6, limit: int = 0, int8: bool = False,
-              log=None,
+def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: float = ALPHA, limit: int = 0,
+              int8: bool = False, log=None,
               on_start: Callable[[int], None] | None = None,
               on_batch: Callable[[int], None] | None = None) -> dict:
     """BLEU and chrF (sacreBLEU) of the run's final weights on `split` (first `limit` sentences if > 0),
@@ -42,8 +85,14 @@ def score_run(run: Path, split: str, rt, *, beam: int = 4, alpha: float = 0.6, l
     if int8:
         model = quantize_int8(model)
     t0 = time.time()
+
+    def truncated(i: int, length: int) -> None:
+        if log:
+            log(f"{split} sentence {i + 1}: {length} tokens, more than the model takes; translating its first "
+                f"{source_room(model.cfg.max_len)}")
+
     hyp_ids = translate_ids(model, vocab.encode([p.src for p in pairs]), rt, beam=beam, alpha=alpha,
-                            on_batch=on_batch)
+                            on_batch=on_batch, on_truncate=truncated)
     seconds = time.time() - t0
     hyps = [vocab.decode(h) for h in hyp_ids]
     hyp_file = run / f"hyps.{split}.beam{beam}{'.int8' if int8 else ''}.txt"

@@ -3,16 +3,8 @@
 `nn.Linear` computes x W^T with W stored (out, in). At the few rows of a decoding step (batch x
 beam, 4-128 rows) MKL's fp32 sgemm is much slower with that transposed operand than with the
 same matrix stored (in, out), and faster still with MKL's packed format (`cblas_sgemm_pack`,
-which is also what CTranslate2 uses). `benchmarks/linear_speed.py` on this project's 2-core
-Xeon, hot caches, microseconds per product (2026-11-27):
-
-    rows x in -> out      F.linear   W^T contiguous   MKL packed
-    32 x 256 -> 768          303          126             107
-    32 x 256 -> 8000       3,279        1,738           1,239
-    128 x 256 -> 768         458          445             420
-    960 x 256 -> 768       3,260        3,387           3,032
-
-A packed matrix is built for one row count, so it is made on
+which is also what CTranslate2 uses); `benchmarks/linear_speed.py` measures the three, and
+benchmarks/README.md has the timings. A packed matrix is built for one row count, so it is made on
 first use for each row count and kept (a few at a time); a decoding loop keeps its row count
 until a sentence ends and leaves the batch.
 

@@ -2,7 +2,7 @@
 
 Shapes: B batch, S source length, T target length, S' memory length (S, or N*S for dense
 wiring), D d_model, H heads, Dh head dim, I = H*Dh, F d_ff, V vocabulary, N encoder layers.
-Masks are boolean, True = may attend (STYLE C5); only `attend` turns them into scores.
+Masks are boolean, True = may attend (../shared/STYLE.md C5); only `attend` turns them into scores.
 
 Head masks: every attention module has a `head_gate` buffer (None, or (H,) weights) that scales
 each head's context before the output projection; `Transformer.set_head_mask` fills them. A gate

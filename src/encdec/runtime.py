@@ -1,4 +1,10 @@
-"""The only place that decides device, autocast dtype, threads and seeds (STYLE C9)."""
+"""The only place that decides device, autocast dtype, threads and seeds (../shared/STYLE.md C9).
+
+`precision="auto"` picks bf16 autocast where the hardware has native bf16 (a GPU that supports
+it; a CPU with AVX512_BF16 or AMX) and fp32 elsewhere. The environment variable
+ENCDEC_FORCE_PRECISION=bf16|fp32 overrides that choice (only "auto"'s), so the bf16 path can be
+tested on a CPU without native bf16 (emulated: correct, but slow) and vice versa.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+FORCE_PRECISION = "ENCDEC_FORCE_PRECISION"
 
 
 def cpu_has_bf16() -> bool:
@@ -41,8 +49,11 @@ class Runtime:
         elif precision == "bf16":
             amp = torch.bfloat16
         elif precision == "auto":
+            forced = os.environ.get(FORCE_PRECISION, "")
+            if forced not in ("", "fp32", "bf16"):
+                raise ValueError(f"{FORCE_PRECISION}={forced!r}; choose fp32 or bf16 (or unset it)")
             native = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_bf16()
-            amp = torch.bfloat16 if native else None
+            amp = torch.bfloat16 if forced == "bf16" or (native and not forced) else None
         else:
             raise ValueError(f"precision={precision!r}; choose auto, fp32 or bf16")
         if dev.type == "cuda":

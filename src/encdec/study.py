@@ -1,6 +1,6 @@
 """Sweeps: one base config, one or more axes varied, every run on an equal budget, K seeds each.
 
-A study is a list of runs `(name, config)` (STYLE C10) under one folder:
+A study is a list of runs `(name, config)` (../shared/STYLE.md C10) under one folder:
 
     <out>/study.json                 the plan (base config, axes, seeds, beam)
     <out>/<point>/seed-<k>/          an ordinary `encdec train` run folder (config, checkpoint,
@@ -20,11 +20,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from encdec.config import WIRINGS, RunConfig, load_json, to_dict
+from encdec.config import WIRINGS, RunConfig, load_json, run_config, to_dict
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
 
 AXES = ("heads", "depth", "width", "wiring")
 DEFAULT_VALUES = {
@@ -104,6 +112,129 @@ def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[i
     return sorted(runs, key=lambda r: seeds.index(r.seed))  # stable: points keep their order within a seed
 
 
+@dataclass(frozen=True)
+class StudyPlan:
+    folder: Path
+    axes: list[tuple[str, tuple[str, ...]]]  # [(axis, values), ...]
+    base: RunConfig
+    runs: list[StudyRun]
+    beam: int
+    limit: int  # test sentences scored per run (0 = all)
+    title: str  # what the tables and plots are titled: corpus, base, changes, budget
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [a for a, _ in self.axes]
+
+    def unfinished(self) -> list[StudyRun]:
+        return [r for r in self.runs if not is_finished(self.folder, r, self.beam)]
+
+
+SMOKE = ["train.warmup_steps=5", "train.eval_every=1000", "train.dev_bleu_sentences=50", "train.max_tokens=1000"]
+
+
+def make_plan(axis: str, values: str | None, grid_axes: list[str], overrides: list[str], *, preset_name: str,
+              data: str, steps: int, minutes: float | None, seeds: int, beam: int, smoke: bool,
+              out: Path | None) -> StudyPlan:
+    """Validate a study's command line, plan its runs and write the plan (`write_plan`).
+
+    `axis` is one of AXES with `values` (None: the defaults), or "grid" with two or more
+    `grid_axes` of the form AXIS=V1,V2. `overrides` (--set) may not touch a field the study varies.
+    `smoke` shrinks everything to a minutes-long check of the pipeline."""
+    if axis == "grid":
+        if len(grid_axes) < 2:
+            raise ValueError("grid needs two or more --axis AXIS=V1,V2 options")
+        spec = [parse_axis(a) for a in grid_axes]
+    else:
+        if grid_axes:
+            raise ValueError("--axis is for grid studies; for one axis use --values")
+        spec = [parse_axis(axis if values is None else f"{axis}={values}")]
+    varied = {f"model.{k}" for a, vals in spec for k in model_changes(a, vals[0])} | {"train.seed"}
+    for key in (item.partition("=")[0].strip() for item in overrides):
+        if key in varied:
+            raise ValueError(f"--set {key}=…: the study sets {key} for every run "
+                             "(from its axes, or --seeds for train.seed); drop the --set")
+    if seeds < 1:
+        raise ValueError(f"--seeds={seeds} must be >= 1")
+    if steps < 1 or (minutes is not None and minutes <= 0):
+        raise ValueError(f"the budget must be > 0 (--steps={steps}, --minutes={minutes})")
+    minutes = minutes or 0.0
+    limit = 0
+    # the title names what was changed from the preset (not where the files live)
+    changes = "".join(f" + {item}" for item in overrides if not item.startswith("data.cache_dir="))
+    if smoke:
+        preset_name, steps, minutes, beam, limit, seeds = "tiny", 20, 0.0, 1, 100, min(seeds, 2)
+        overrides = [*SMOKE, *overrides]
+    base = run_config(preset_name, data, steps=0 if minutes > 0 else steps, minutes=minutes, overrides=overrides)
+    seed_list = list(range(1, seeds + 1))
+    runs = plan(base, spec, seed_list)
+    folder = out or Path(f"runs/study-{axis}")
+    write_plan(folder, base, spec, seed_list, beam, runs)
+    budget = f"{steps} steps" if not minutes else f"{minutes} min"
+    title = f"{data}, {preset_name} base{changes}, {budget} per run"
+    return StudyPlan(folder, spec, base, runs, beam, limit, title)
+
+
+def run_local(study: StudyPlan, todo: list[StudyRun], rt: Runtime, *, log: Callable[[str], None] = print,
+              status: Callable[[str], None] = lambda text: None, advance: Callable[[], None] = lambda: None) -> None:
+    """Train and score the runs one after another in this process. `status` gets the current
+    run's latest news, `advance` is called after each run. Raises ValueError naming the run that
+    failed, and `train.Interrupted` on Ctrl-C (rerunning the study resumes)."""
+    from encdec.evaluation import score_run
+    from encdec.train import fit
+
+    for i, r in enumerate(todo, start=1):
+        head = f"run {i}/{len(todo)}: {r.folder}"
+        status(head)
+        log(head)
+
+        def run_log(msg: str, head: str = head) -> None:
+            log(msg)
+            status(f"{head} | {msg[:60]}")
+
+        try:
+            fit(r.cfg, study.folder / r.folder, rt, log=run_log, progress=False)
+            score_run(study.folder / r.folder, "test", rt, beam=study.beam, limit=study.limit)
+        except ValueError as e:
+            raise ValueError(f"{r.folder}: {e}") from None
+        advance()
+
+
+def run_on_ray(study: StudyPlan, todo: list[StudyRun], *, address: str | None, cpus: int,
+               log: Callable[[str], None] = print) -> None:
+    """Submit each run as a Ray task running `python -m encdec train` in a subprocess with `cpus`
+    threads; raises ValueError listing the runs that failed."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--executor ray needs Ray: pip install 'ray>=2.9' (or pip install -e .[ray])") from None
+    ray.init(address=address, num_cpus=None if address else max(cpus, 2), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+
+    @ray.remote(num_cpus=cpus)
+    def train_one(cmd: list[str], threads: int) -> tuple[int, str]:
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        return p.returncode, p.stderr[-3000:]
+
+    def command(r: StudyRun) -> list[str]:
+        cmd = train_command(study.folder.resolve(), r, study.beam, study.limit)
+        return [sys.executable, "-m", "encdec", *cmd[1:]]
+
+    log(f"submitting {len(todo)} runs to Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, {cpus} per run)")
+    futures = {train_one.remote(command(r), cpus): r for r in todo}
+    failed, pending = [], list(futures)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        rc, err = ray.get(done[0])
+        r = futures[done[0]]
+        log(f"{r.folder}: {'done' if rc == 0 else f'failed (exit {rc})'}")
+        if rc != 0:
+            failed.append((r.folder, err.strip().splitlines()[-1:] or ["?"]))
+    ray.shutdown()
+    if failed:
+        raise ValueError("runs failed: " + "; ".join(f"{f}: {e[0]}" for f, e in failed))
+
+
 def is_finished(study_dir: Path, run: StudyRun, beam: int) -> bool:
     from encdec.evaluation import result_path
 
@@ -142,8 +273,8 @@ METRICS = ("params", "dev_ppl", "dev_bleu", "test_bleu", "test_chrf", "sent_per_
 SPEED_FILE = "decode_speed.json"
 
 
-def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt, *, sentences: int = 200, rounds: int = 3,
-                  log=print) -> dict:
+def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt: Runtime, *, sentences: int = 200,
+                  rounds: int = 3, log=print) -> dict:
     """Decoding speed of every point, timed together; writes and returns `decode_speed.json`.
 
     Each run's own test evaluation times its decoding, but the runs of a study are hours or days
@@ -281,74 +412,8 @@ def markdown(results: list[dict], axes: list[str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], axes: list[str], out: Path, title: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    labels = [r["point"] for r in results]
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(results) + 2), 3.8))
-    x = range(len(results))
-    for key, label in (("test_bleu", "test BLEU"), ("dev_bleu", "dev BLEU (subset)")):
-        ax.errorbar(x, [r[key] for r in results], yerr=[r[f"{key}_std"] for r in results], fmt="o-", capsize=4,
-                    label=label)
-    ax.set_xticks(list(x), [lbl.replace(",", "\n") for lbl in labels], fontsize=8)
-    ax.set_ylabel("BLEU (mean ± std over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    files.append(_save(fig, out / f"bleu_vs_{'_'.join(axes)}.png"))
-    speed, speed_label = speed_column(results)
-    for xkey, ykey, xlabel, ylabel, name in (("params", "dev_ppl", "parameters (M)", "dev perplexity",
-                                              "ppl_vs_params.png"),
-                                             (speed, "test_bleu", f"decoding speed ({speed_label})",
-                                              "test BLEU", "bleu_vs_speed.png")):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        xs = [r[xkey] / (1e6 if xkey == "params" else 1) for r in results]
-        ax.errorbar(xs, [r[ykey] for r in results], yerr=[r[f"{ykey}_std"] for r in results], fmt="o", capsize=4)
-        for xv, r in zip(xs, results):
-            ax.annotate(r["point"], (xv, r[ykey]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        files.append(_save(fig, out / name))
-    return files
-
-
-def plot_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str) -> Path:
-    """Dev BLEU against training step, one line per point (mean ± std over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, by_step in curve.items():
-        steps = sorted(by_step)
-        ax.errorbar(steps, [statistics.fmean(by_step[k]) for k in steps], fmt="o-", capsize=3, label=name,
-                    yerr=[statistics.stdev(by_step[k]) if len(by_step[k]) > 1 else 0.0 for k in steps])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("dev BLEU (subset, mean ± std over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, out / "dev_bleu_vs_step.png")
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def write_results(study_dir: Path, runs: list[StudyRun], axes: list[str], beam: int, title: str) -> list[dict]:
-    import csv
+    from encdec.analysis import plots
 
     rows = collect(study_dir, runs, beam)
     speed_file = study_dir / SPEED_FILE
@@ -356,15 +421,12 @@ def write_results(study_dir: Path, runs: list[StudyRun], axes: list[str], beam: 
     results = aggregate(rows, runs, together)
     for name, data in (("runs.csv", rows), ("results.csv", results)):
         if data:
-            with (study_dir / name).open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in data for k in r)))
-                w.writeheader()
-                w.writerows(data)
+            plots.write_csv(data, study_dir / name)
     curve = curves(study_dir, runs, beam)
     (study_dir / "results.json").write_text(json.dumps({"runs": rows, "results": results, "dev_bleu_by_step": curve},
                                                        indent=2) + "\n")
     if results:
         (study_dir / "results.md").write_text(markdown(results, axes, title))
-        plot(results, axes, study_dir, title)
-        plot_curves(curve, study_dir, title)
+        plots.study_points(results, axes, study_dir, title, speed_column(results))
+        plots.study_curves(curve, study_dir, title)
     return results

@@ -18,6 +18,11 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def warn(msg: str) -> None:
+    """Something the user should know that does not stop the command: one yellow line on stderr."""
+    console.print(f"[yellow]warning:[/] {msg}", highlight=False, markup=True)
+
+
 def log(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
 

@@ -1,6 +1,6 @@
 """Attention maps of one sentence pair: PNG grids (layer x head) and an offline HTML viewer.
 
-The weights come from `model(..., return_attn=True)` (STYLE C7): encoder self-attention
+The weights come from `model(..., return_attn=True)` (../shared/STYLE.md C7): encoder self-attention
 (L_enc, H, S, S), decoder self-attention (L_dec, H, T, T) and cross-attention (L_dec, H, T, S').
 For `dense` wiring the cross-attention keys are all encoder layers' states (S' = N*S); their
 labels carry the layer, e.g. "2:casa".

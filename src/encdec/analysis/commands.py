@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import sys
@@ -13,6 +12,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from encdec.config import WIRINGS
 from encdec.ui import console, fail, log, runtime, show
 
 analyze = typer.Typer(no_args_is_help=True, help="Attention maps, head roles, head pruning, gradient flow, latency, "
@@ -50,15 +50,6 @@ def _split_pairs(cfg, vocab, split: str, n: int, seed: int = 0) -> tuple[list, l
         raw = [raw[i] for i in sorted(random.Random(seed).sample(range(len(raw)), n))]
     pairs = list(zip(vocab.encode([p.src for p in raw]), vocab.encode([p.tgt for p in raw])))
     return pairs, raw
-
-
-def _write_rows(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _table(title: str, rows: list[dict], cols: list[str], fmt: str = "{:.3f}") -> Table:
@@ -113,19 +104,21 @@ def heads(checkpoint: Path = CHECKPOINT,
     Entropy, previous/same/next-token share, punctuation and </s> share, cross-attention
     diagonality; roles by the thresholds in encdec/analysis/heads.py. Writes heads.csv, heads.md
     and a heat map per attention kind."""
-    from encdec.analysis import heads as H
-    from encdec.analysis.plots import head_stats
+    from encdec.analysis import heads as head_roles
+    from encdec.analysis import plots
 
     cfg, model, vocab, rt = _load(checkpoint, device, weights)
     pairs, _ = _split_pairs(cfg, vocab, "dev", sentences)
     t0 = time.time()
-    stats = H.measure(model, pairs, H.punctuation_ids(vocab.pieces(list(range(vocab.size)))), rt)
-    rows = H.table(stats)
-    _write_rows(rows, out / "heads.csv")
+    stats = head_roles.measure(model, pairs, head_roles.punctuation_ids(vocab.pieces(list(range(vocab.size)))), rt)
+    rows = head_roles.table(stats)
+    plots.write_csv(rows, out / "heads.csv")
     names = {"enc": "encoder self-attention", "dec": "decoder self-attention", "cross": "cross-attention"}
-    md = [f"# Head statistics: {checkpoint} ({len(pairs)} dev sentences)\n", H.__doc__.split("Roles")[0].strip(), ""]
+    md = [f"# Head statistics: {checkpoint} ({len(pairs)} dev sentences)\n",
+          head_roles.__doc__.split("Roles")[0].strip(), ""]
     for kind, name in names.items():
-        head_stats(rows, kind, f"{name}: {checkpoint.name}, {len(pairs)} dev sentences", out / f"heads_{kind}.png")
+        plots.head_stats(rows, kind, f"{name}: {checkpoint.name}, {len(pairs)} dev sentences",
+                         out / f"heads_{kind}.png")
         cols = ["layer", "head", "norm_entropy", "prev", "same", "next", "punct", "eos", "role"] if kind != "cross" \
             else ["layer", "head", "norm_entropy", "diagonal", "punct", "eos", "role"]
         kr = [r for r in rows if r["kind"] == kind]
@@ -157,8 +150,8 @@ def prune(checkpoint: Path = CHECKPOINT,
     Importance as in Michel et al. 2019 (mean |dL/d gate| on dev data); heads are pruned least
     important first within each attention kind; also 'keep only the best head per layer'. Writes
     importance.json, prune.csv, prune.png and summary.json."""
-    from encdec.analysis import prune as P
-    from encdec.analysis.plots import prune_curves
+    from encdec.analysis import plots
+    from encdec.analysis import prune as pruning
     from encdec.decode import translate_ids
     from encdec.metrics import bleu
 
@@ -167,7 +160,7 @@ def prune(checkpoint: Path = CHECKPOINT,
     cfg, model, vocab, rt = _load(checkpoint, device, weights)
     imp_pairs, _ = _split_pairs(cfg, vocab, "dev", importance_sentences)
     log(f"head importance over {len(imp_pairs)} dev sentences ...")
-    imp = P.importance(model, imp_pairs, rt)
+    imp = pruning.importance(model, imp_pairs, rt)
     out.mkdir(parents=True, exist_ok=True)
     (out / "importance.json").write_text(json.dumps({k: v.tolist() for k, v in imp.items()}, indent=1) + "\n")
     bleu_pairs, raw = _split_pairs(cfg, vocab, "dev", sentences, seed=1)
@@ -185,14 +178,14 @@ def prune(checkpoint: Path = CHECKPOINT,
             log(f"{r['kind']}: {r['heads_pruned']}/{r['heads']} heads pruned"
                 f"{' (' + r['variant'] + ')' if 'variant' in r else ''}: dev BLEU {r['score']:.2f}")
 
-        rows = P.curve(model, imp, score, steps=steps, on_point=point)
-    _write_rows(rows, out / "prune.csv")
-    prune_curves(rows, f"{checkpoint.name}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) vs heads pruned",
+        rows = pruning.curve(model, imp, score, steps=steps, on_point=point)
+    plots.write_csv(rows, out / "prune.csv")
+    plots.prune_curves(rows, f"{checkpoint.name}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) vs heads pruned",
                  out / "prune.png")
     show(_table("dev BLEU as heads are pruned", rows, ["kind", "heads_pruned", "heads", "score", "variant"], "{:.2f}"))
     summary = {}
-    for kind in P.KINDS:
-        n = P.prunable(rows, kind, tolerance)
+    for kind in pruning.KINDS:
+        n = pruning.prunable(rows, kind, tolerance)
         heads_n = next(r["heads"] for r in rows if r["kind"] == kind)
         summary[kind] = {"prunable": n, "heads": heads_n}
         print(f"{kind}: {n} of {heads_n} heads pruned with dev BLEU within {tolerance} of the full model")
@@ -204,7 +197,7 @@ def prune(checkpoint: Path = CHECKPOINT,
 @analyze.command()
 def gradflow(checkpoint: Path = CHECKPOINT,
              out: Path = typer.Option(Path("runs/analysis/gradflow"), help="Output folder."),
-             schemes: str = typer.Option("final,layerwise,mix,dense", help="Wiring schemes to train from scratch."),
+             schemes: str = typer.Option(",".join(WIRINGS), help="Wiring schemes to train from scratch."),
              steps: int = typer.Option(200, help="Training steps per scheme, from the same initial seed."),
              end_runs: list[Path] = typer.Option([], "--end-run", help="Trained run folders whose gradients at the "
                                                                        "end of training to measure (repeatable)."),
@@ -217,13 +210,12 @@ def gradflow(checkpoint: Path = CHECKPOINT,
     Writes gradflow_<scheme>.csv/.png, gradflow_overlay.png, gradflow_end.png, gradflow_summary.csv."""
     from dataclasses import replace
 
-    from encdec.analysis import gradflow as G
     from encdec.analysis import plots
+    from encdec.analysis.gradflow import frozen_norms, training_norms
     from encdec.checkpoint import load_run
-    from encdec.config import WIRINGS
+    from encdec.data.prepare import prepare_data
     from encdec.model import Transformer
     from encdec.runtime import seed_everything
-    from encdec.train import prepare_data
 
     names = [s.strip() for s in schemes.split(",") if s.strip()]
     bad = [s for s in names if s not in WIRINGS]
@@ -240,8 +232,8 @@ def gradflow(checkpoint: Path = CHECKPOINT,
         scfg = replace(cfg, model=replace(cfg.model, wiring=scheme))
         seed_everything(cfg.train.seed)
         model = Transformer(scfg.model).to(rt.device)
-        records = G.training_norms(model, data, scfg, rt, steps, log=log)
-        _write_rows(records, out / f"gradflow_{scheme}.csv")
+        records = training_norms(model, data, scfg, rt, steps, log=log)
+        plots.write_csv(records, out / f"gradflow_{scheme}.csv")
         plots.gradflow_steps(records, layers, f"{scheme}: gradient norm per layer, first {steps} steps",
                              out / f"gradflow_{scheme}.png")
         overlay[scheme] = {k: sum(r[k] for r in records) / len(records) for k in layers}
@@ -259,13 +251,13 @@ def gradflow(checkpoint: Path = CHECKPOINT,
             fail(f"{run} has {rcfg.model.n_enc_layers}+{rcfg.model.n_dec_layers} layers; "
                  f"--checkpoint has {n_enc}+{n_dec}")
         log(f"{run}: gradients of the trained model over {batches} batches ...")
-        end[f"{run.name} ({rcfg.model.wiring})"] = G.frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches)
+        end[f"{run.name} ({rcfg.model.wiring})"] = frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches)
         summary.append({"scheme": rcfg.model.wiring, "phase": f"end of {run.name}",
                         **{k: end[f'{run.name} ({rcfg.model.wiring})'][k] for k in layers}})
     if end:
         plots.gradflow_overlay(end, layers, "mean gradient norm per layer at the end of training",
                                out / "gradflow_end.png")
-    _write_rows(summary, out / "gradflow_summary.csv")
+    plots.write_csv(summary, out / "gradflow_summary.csv")
     show(_table("mean gradient L2 norm per layer", summary, ["scheme", "phase", *layers], "{:.4f}"))
     log(f"wrote {out}/gradflow_*.csv and .png")
 
@@ -285,9 +277,9 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
 
     Encoder time per sentence, decoder time per token (KV cache) and training step time, with
     random weights, medians over repeats. Writes latency.csv, latency.md and latency.png."""
+    from encdec.analysis import plots
     from encdec.analysis.latency import measure, sweep_configs
-    from encdec.analysis.plots import latency as plot
-    from encdec.config import WIRINGS, preset
+    from encdec.config import preset
 
     def ints(text: str, name: str) -> tuple[int, ...]:
         try:
@@ -317,7 +309,7 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
             rows.append({"axis": axis, "value": value, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
                          "layers": cfg.n_enc_layers, **r})
             bar.advance(task)
-    _write_rows(rows, out / "latency.csv")
+    plots.write_csv(rows, out / "latency.csv")
     cols = ["axis", "value", "params", "encoder_ms", "decoder_step_ms", "train_step_ms", "train_tok_s"]
     show(_table(f"latency on {rt.describe()} (base {preset_name}, source {src_len} tokens, median of {repeats})",
                 rows, cols, "{:.2f}"))
@@ -325,7 +317,7 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
     md += ["| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else f"{r[c]:,}" if c == "params"
                              else str(r[c]) for c in cols) + " |" for r in rows]
     (out / "latency.md").write_text(f"Device: {rt.describe()}\n\n" + "\n".join(md) + "\n")
-    plot(rows, f"latency on {rt.describe()}, base {preset_name}", out / "latency.png")
+    plots.latency(rows, f"latency on {rt.describe()}, base {preset_name}", out / "latency.png")
     log(f"wrote {out}/latency.csv, latency.md, latency.png")
 
 

@@ -9,12 +9,16 @@ raw one times min(1, clip / total norm), which `training_norms` undoes.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from encdec.data.batching import collate, epoch_order
 from encdec.data.vocab import PAD
 from encdec.metrics import sequence_loss
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
 
 
 def groups(model) -> dict[str, list[nn.Parameter]]:
@@ -44,10 +48,10 @@ def norms(model, scale: float = 1.0) -> dict[str, float]:
     return result
 
 
-def training_norms(model, data, cfg, rt, steps: int, *, log=None) -> list[dict]:
+def training_norms(model, data, cfg, rt: Runtime, steps: int, *, log=None) -> list[dict]:
     """Train `model` from its current weights for `steps` steps (the run's optimiser, schedule and
     clipping), recording the pre-clip gradient norms of every group at every step."""
-    from encdec.train import lr_at, make_optimizer, train_step
+    from encdec.optim import lr_at, make_optimizer, train_step
 
     tc = cfg.train
     opt = make_optimizer(model, tc)
@@ -64,7 +68,7 @@ def training_norms(model, data, cfg, rt, steps: int, *, log=None) -> list[dict]:
     return records
 
 
-def frozen_norms(model, data, cfg, rt, batches: int) -> dict[str, float]:
+def frozen_norms(model, data, cfg, rt: Runtime, batches: int) -> dict[str, float]:
     """Mean gradient norms of a trained model over `batches` training batches, without updating it."""
     model.train()  # same dropout behaviour as in training
     order = epoch_order(len(data.train_batches), seed=cfg.train.seed, epoch=0)

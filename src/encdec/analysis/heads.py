@@ -25,9 +25,13 @@ Roles (first that applies; thresholds are module constants):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
 
 POSITIONAL, ALIGNMENT, SINK, PUNCT, BROAD = 0.8, 0.5, 0.5, 0.5, 0.8
 STATS = ("entropy", "norm_entropy", "prev", "same", "next", "punct", "eos", "diagonal")
@@ -130,7 +134,7 @@ def punctuation_ids(pieces: list[str]) -> Tensor:
 
 
 @torch.no_grad()
-def measure(model, pairs: list[tuple[list[int], list[int]]], punct: Tensor, rt, *,
+def measure(model, pairs: list[tuple[list[int], list[int]]], punct: Tensor, rt: Runtime, *,
             max_tokens: int = 3000) -> dict[str, HeadStats]:
     """Teacher-forced attention over `pairs` (source ids, reference target ids) -> HeadStats per kind."""
     from encdec.data.batching import bucket, collate

@@ -11,11 +11,15 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from encdec.config import ModelConfig
 from encdec.model import Transformer
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
 
 
 def _median_seconds(fn, repeats: int, sync) -> float:
@@ -30,7 +34,7 @@ def _median_seconds(fn, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
-def measure(cfg: ModelConfig, rt, *, src_len: int = 30, decode_tokens: int = 20, train_tokens: int = 3000,
+def measure(cfg: ModelConfig, rt: Runtime, *, src_len: int = 30, decode_tokens: int = 20, train_tokens: int = 3000,
             repeats: int = 5, seed: int = 0) -> dict:
     """Milliseconds for the encoder, one decoder step and one training step of the model `cfg`."""
     torch.manual_seed(seed)

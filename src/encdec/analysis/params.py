@@ -85,3 +85,72 @@ def cross_attention_flops(cfg: ModelConfig, src_len: int) -> dict:
     if cfg.wiring == "dense":
         per_sentence += n_enc * src_len * D
     return {"memory_positions": mem, "per_target_token": per_token, "per_source_sentence": per_sentence}
+
+
+def all_presets() -> list[dict]:
+    """One row per preset: its total and by-kind counts beside the published size, if any."""
+    from encdec.config import MODEL_PRESETS
+
+    rows = []
+    for name, m in MODEL_PRESETS.items():
+        c = count(m)
+        pub = PUBLISHED.get(name)
+        rows.append({"preset": name, "kind": m.kind, "total": c["total"], **c["kinds"],
+                     "published": pub[0] if pub else None, "source": pub[1] if pub else None,
+                     "deviation": c["total"] / pub[0] - 1 if pub else None})
+    return rows
+
+
+def calculate(cfg: ModelConfig, preset_name: str, src_len: int) -> dict:
+    """`count(cfg)`, plus the published size when `cfg` is the preset unchanged, plus the
+    cross-attention FLOPs of its wiring for a source of `src_len` tokens (encoder-decoders)."""
+    from encdec.config import MODEL_PRESETS
+
+    result = count(cfg)
+    pub = PUBLISHED.get(preset_name) if cfg == MODEL_PRESETS[preset_name] else None
+    if pub:
+        result["published"] = {"total": pub[0], "source": pub[1], "deviation": result["total"] / pub[0] - 1}
+    if cfg.kind == "encoder-decoder":
+        result["cross_attention_flops"] = {"src_len": src_len, **cross_attention_flops(cfg, src_len)}
+    return result
+
+
+def millions(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,.0f}"
+
+
+def presets_table(rows: list[dict]):
+    """`all_presets()` as a rich table."""
+    from rich.table import Table
+
+    table = Table(title="parameter counts (meta device) against the published sizes")
+    for col in ("preset", "kind", "total", "embeddings", "attention", "feed-forward", "norms", "other",
+                "published", "deviation"):
+        table.add_column(col, justify="left" if col in ("preset", "kind") else "right")
+    for r in rows:
+        table.add_row(r["preset"], r["kind"], millions(r["total"]),
+                      *(millions(r[k]) for k in ("embeddings", "attention", "feed-forward", "norms", "other")),
+                      millions(r["published"]) if r["published"] else "",
+                      f"{100 * r['deviation']:+.1f}%" if r["published"] else "")
+    return table
+
+
+def model_table(name: str, m: ModelConfig, result: dict):
+    """`calculate(m, ...)` as a rich table: parts, one layer of each stack, kinds, total, published."""
+    from rich.table import Table
+
+    table = Table(title=f"{name} ({m.kind}): d_model {m.d_model}, {m.n_heads} heads x d_head {m.head_dim}, "
+                        f"d_ff {m.d_ff}, {m.n_enc_layers}+{m.n_dec_layers} layers, vocab {m.vocab_size}")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for part, v in {**result["parts"], **result["per_layer"]}.items():
+        table.add_row(part, f"{v:,}")
+    table.add_section()
+    for kind, v in result["kinds"].items():
+        table.add_row(f"by kind: {kind}", f"{v:,} ({100 * v / result['total']:.1f}%)")
+    table.add_section()
+    table.add_row("[bold]total", f"[bold]{result['total']:,} ({millions(result['total'])})")
+    pub = result.get("published")
+    if pub:
+        table.add_row(f"published ({pub['source']})", f"{millions(pub['total'])} ({100 * pub['deviation']:+.1f}%)")
+    return table

@@ -1,7 +1,10 @@
-"""Matplotlib figures of the analyses (PNG, Agg backend, no display needed)."""
+"""Files the analyses and studies write: matplotlib figures (PNG, Agg backend, no display
+needed) and CSV tables."""
 
 from __future__ import annotations
 
+import csv
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +22,65 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """One row per dict; the columns are every key, in order of first appearance."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def study_points(results: list[dict], axes: list[str], out: Path, title: str,
+                 speed: tuple[str, str]) -> list[Path]:
+    """A study's points: BLEU against the axis, dev PPL against parameters, BLEU against decoding
+    speed (`speed` = (key, label) of the speed column), each mean ± std over seeds."""
+    files = []
+    labels = [r["point"] for r in results]
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(results) + 2), 3.8))
+    x = range(len(results))
+    for key, label in (("test_bleu", "test BLEU"), ("dev_bleu", "dev BLEU (subset)")):
+        ax.errorbar(x, [r[key] for r in results], yerr=[r[f"{key}_std"] for r in results], fmt="o-", capsize=4,
+                    label=label)
+    ax.set_xticks(list(x), [lbl.replace(",", "\n") for lbl in labels], fontsize=8)
+    ax.set_ylabel("BLEU (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    files.append(_save(fig, out / f"bleu_vs_{'_'.join(axes)}.png"))
+    speed_key, speed_label = speed
+    for xkey, ykey, xlabel, ylabel, name in (("params", "dev_ppl", "parameters (M)", "dev perplexity",
+                                              "ppl_vs_params.png"),
+                                             (speed_key, "test_bleu", f"decoding speed ({speed_label})",
+                                              "test BLEU", "bleu_vs_speed.png")):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        xs = [r[xkey] / (1e6 if xkey == "params" else 1) for r in results]
+        ax.errorbar(xs, [r[ykey] for r in results], yerr=[r[f"{ykey}_std"] for r in results], fmt="o", capsize=4)
+        for xv, r in zip(xs, results):
+            ax.annotate(r["point"], (xv, r[ykey]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        files.append(_save(fig, out / name))
+    return files
+
+
+def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str) -> Path:
+    """Dev BLEU against training step, one line per point (mean ± std over seeds)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, by_step in curve.items():
+        steps = sorted(by_step)
+        ax.errorbar(steps, [statistics.fmean(by_step[k]) for k in steps], fmt="o-", capsize=3, label=name,
+                    yerr=[statistics.stdev(by_step[k]) if len(by_step[k]) > 1 else 0.0 for k in steps])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("dev BLEU (subset, mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "dev_bleu_vs_step.png")
 
 
 def head_stats(rows: list[dict], kind: str, title: str, path: Path) -> Path:

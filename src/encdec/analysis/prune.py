@@ -10,6 +10,7 @@ scores the pruned model (gates act in beam search and every wiring).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,6 +18,9 @@ from torch import Tensor
 from encdec.data.batching import bucket, collate
 from encdec.data.vocab import PAD
 from encdec.metrics import sequence_loss
+
+if TYPE_CHECKING:
+    from encdec.runtime import Runtime
 
 KINDS = ("enc", "dec", "cross")
 
@@ -26,7 +30,7 @@ def ones_mask(cfg) -> dict[str, Tensor]:
             "cross": torch.ones(cfg.n_dec_layers, cfg.n_heads)}
 
 
-def importance(model, pairs: list[tuple[list[int], list[int]]], rt, *, max_tokens: int = 3000,
+def importance(model, pairs: list[tuple[list[int], list[int]]], rt: Runtime, *, max_tokens: int = 3000,
                normalize: bool = True) -> dict[str, Tensor]:
     """Mean |dL/dxi| per head over batches of `pairs` -> {"enc": (L, H), "dec": ..., "cross": ...}."""
     model.eval()
