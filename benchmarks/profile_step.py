@@ -15,8 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 from encdec.config import TrainConfig, preset
 from encdec.data.batching import Batch
 from encdec.model import Transformer
-from encdec.runtime import Runtime
 from encdec.optim import make_optimizer, train_step
+from encdec.runtime import Runtime
 
 
 def timed(fn, repeats: int) -> float:

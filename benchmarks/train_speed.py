@@ -103,8 +103,8 @@ def encdec_step_fn(dropout: float, precision: str, compiled: bool = False):
     `encdec train` runs it; gradient clipping off like the peers (its norm is still computed)."""
     from encdec.config import TrainConfig
     from encdec.data.batching import Batch
-    from encdec.runtime import Runtime
     from encdec.optim import make_optimizer, train_step
+    from encdec.runtime import Runtime
 
     model, _ = build("encdec", dropout)
     if compiled:

@@ -74,7 +74,8 @@ def test_bf16_two_gloo_ranks_follow_one_process_with_accum_2(tmp_path):
     cache = tmp_path / "cache"
     one = train(tmp_path / "one", 6, cache, "--accum", "2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "encdec",
-           "train", "--out", str(tmp_path / "two"), "--steps", "6", *ARGS, "--precision", "auto", "--set", f"data.cache_dir={cache}"]
+           "train", "--out", str(tmp_path / "two"), "--steps", "6", *ARGS, "--precision", "auto",
+           "--set", f"data.cache_dir={cache}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     two = losses(tmp_path / "two")
