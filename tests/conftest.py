@@ -1,4 +1,8 @@
+import atexit
 import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +10,11 @@ import torch
 from encdec.config import ModelConfig
 from encdec.data.batching import collate
 from encdec.model import Transformer
+
+# One data cache for the whole session: the synthetic corpora's SentencePiece models are trained
+# once, not once per test (tests that check the cache itself use their own tmp_path).
+CACHE = Path(tempfile.mkdtemp(prefix="encdec-test-cache-"))
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
 
 TINY = ModelConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=64, n_enc_layers=2, n_dec_layers=2, dropout=0.0)
 
@@ -46,7 +55,7 @@ def trained_tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained-tiny")
     out = tmp / "run"
     args = ["train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", "150", "--out", str(out),
-            "--no-evaluate", "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "train.max_tokens=1000",
+            "--no-evaluate", "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=1000",
             "--set", "train.warmup_steps=20", "--set", "train.eval_every=1000"]
     r = CliRunner().invoke(app, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from encdec.cli import app
 
+from conftest import CACHE
+
 runner = CliRunner()
 
 
@@ -20,7 +22,7 @@ def mix_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analyze")
     out = tmp / "run"
     r = run("train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", 40, "--out", out, "--no-evaluate",
-            "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "train.max_tokens=512",
+            "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=512",
             "--set", "train.warmup_steps=10", "--set", "train.eval_every=1000", "--set", "model.wiring=mix")
     assert r.exit_code == 0, r.output
     return out

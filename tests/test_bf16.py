@@ -20,7 +20,7 @@ from encdec.decode import beam_search, greedy
 from encdec.model import Transformer
 from encdec.runtime import Runtime
 
-from conftest import random_batch, tiny
+from conftest import CACHE, random_batch, tiny
 
 AUTO = Runtime.create("cpu", "auto")
 pytestmark = [
@@ -49,7 +49,7 @@ def train(out, steps, cache, *extra, precision="auto"):
 
 
 def test_bf16_training_follows_fp32_and_lowers_the_loss(tmp_path):
-    cache = tmp_path / "cache"
+    cache = CACHE
     bf16 = train(tmp_path / "bf16", 12, cache)
     fp32 = train(tmp_path / "fp32", 12, cache, precision="fp32")
     assert bf16[1] == pytest.approx(fp32[1], rel=5e-3)  # same weights, same batch: bf16 rounding only
@@ -60,7 +60,7 @@ def test_bf16_training_follows_fp32_and_lowers_the_loss(tmp_path):
 def test_bf16_resume_repeats_the_straight_losses_exactly(tmp_path):
     """Resume restores weights, optimizer, RNG and data position: in bf16 as in fp32, the resumed
     run computes exactly what the straight run did (same machine, same kernels)."""
-    cache = tmp_path / "cache"
+    cache = CACHE
     sched = ["--set", "train.schedule=inverse_sqrt"]  # LR by step alone, so the shorter first budget changes nothing
     straight = train(tmp_path / "straight", 8, cache, *sched)
     train(tmp_path / "resumed", 3, cache, *sched)
@@ -71,7 +71,7 @@ def test_bf16_resume_repeats_the_straight_losses_exactly(tmp_path):
 def test_bf16_two_gloo_ranks_follow_one_process_with_accum_2(tmp_path):
     """DDP in bf16: the same batches and weights as accumulation, summed in another order, so the
     losses agree to bf16's rounding rather than exactly."""
-    cache = tmp_path / "cache"
+    cache = CACHE
     one = train(tmp_path / "one", 6, cache, "--accum", "2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "encdec",
            "train", "--out", str(tmp_path / "two"), "--steps", "6", *ARGS, "--precision", "auto",

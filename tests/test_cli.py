@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 
 from encdec.cli import app
 
+from conftest import CACHE
+
 runner = CliRunner()
 
 
@@ -44,7 +46,7 @@ def test_missing_sword_modules_name_the_install_command(tmp_path, monkeypatch):
 def test_translate_keeps_lines_one_for_one(tmp_path):
     out = tmp_path / "run"
     r = run("train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", "30", "--out", str(out),
-            "--no-evaluate", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.max_tokens=512",
+            "--no-evaluate", "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=512",
             "--set", "train.warmup_steps=10", "--set", "train.eval_every=1000")
     assert r.exit_code == 0, r.output
     r = run("translate", "--checkpoint", str(out), "--beam", "2", input="s1 s2 s3\n\ns4 s5\n")
@@ -62,7 +64,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "encdec", "train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", "100000",
-           "--out", str(out), "--no-evaluate", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+           "--out", str(out), "--no-evaluate", "--set", f"data.cache_dir={CACHE}",
            "--set", "train.max_tokens=256", "--set", "train.log_every=5", "--set", "train.eval_every=100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120

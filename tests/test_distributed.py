@@ -13,6 +13,8 @@ from encdec.data.batching import epoch_order
 from encdec.distributed import Dist, shard
 from encdec.train import TrainState, next_batches
 
+from conftest import CACHE
+
 runner = CliRunner()
 
 
@@ -54,7 +56,7 @@ def _torchrun(out, steps, cache, *extra):
 
 
 def test_two_gloo_ranks_equal_one_process_with_accum_2(tmp_path):
-    cache = tmp_path / "cache"
+    cache = CACHE
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "one"), "--steps", "6", *ARGS, "--accum", "2",
                             "--set", f"data.cache_dir={cache}"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -67,7 +69,7 @@ def test_two_gloo_ranks_equal_one_process_with_accum_2(tmp_path):
 
 
 def test_a_two_rank_checkpoint_resumes_in_one_process(tmp_path):
-    cache = tmp_path / "cache"
+    cache = CACHE
     sched = ["--set", "train.schedule=inverse_sqrt"]  # LR by step alone, so a longer budget changes nothing before
     _torchrun(tmp_path / "run", 3, cache, *sched)
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--steps", "6", *ARGS, "--accum", "2", *sched,

@@ -14,6 +14,8 @@ from encdec.export import marian_permutation
 from encdec.model import sinusoids
 from encdec.runtime import Runtime
 
+from conftest import CACHE
+
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
 runner = CliRunner()
 
@@ -78,7 +80,7 @@ def test_ct2_greedy_matches_encdec_on_the_test_split(trained, tmp_path):
 def test_other_wirings_are_refused_with_the_reason(tmp_path):
     out = tmp_path / "run"
     r = run("train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", 2, "--out", out, "--no-evaluate",
-            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.wiring=dense",
+            "--set", f"data.cache_dir={CACHE}", "--set", "model.wiring=dense",
             "--set", "train.eval_every=1000", "--set", "train.dev_bleu_sentences=0")
     assert r.exit_code == 0, r.output
     r = run("export", "hf", "--checkpoint", out, "--out", tmp_path / "hf")

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from conftest import CACHE
+
 pytestmark = pytest.mark.slow
 
 
@@ -44,7 +46,7 @@ def kill_when(cmd, ready, env=ENV, timeout=120) -> None:
 
 
 def test_kills_before_the_first_checkpoint_during_a_checkpoint_write_and_mid_run(tmp_path):
-    cache = tmp_path / "cache"
+    cache = CACHE
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(command(straight, cache), check=True, capture_output=True, env=ENV, timeout=300)
     cmd = command(killed, cache)

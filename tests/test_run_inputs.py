@@ -18,7 +18,8 @@ def run(*args, **kw):
 
 
 def test_read_lines_splits_on_newline_only_and_replaces_invalid_bytes():
-    raw = b"a\r\nb\x00c\n\xff\xfeok\n\xe2\x80\xa8sep\u2028\n\n".replace(b"\\u2028", "\u2028".encode())
+    sep = "\u2028".encode()  # a Unicode line separator, which str.splitlines() would split at
+    raw = b"a\r\nb\x00c\n\xff\xfeok\n" + sep + b"sep" + sep + b"\n\n"
     lines, bad = read_lines(raw)
     assert lines == ["a", "b\x00c", "\ufffd\ufffdok", "\u2028sep\u2028", ""]
     assert bad == [3]

@@ -12,6 +12,8 @@ from encdec.cli import app
 from encdec.config import ModelConfig, RunConfig
 from encdec.study import parse_axis, plan
 
+from conftest import CACHE
+
 runner = CliRunner()
 
 
@@ -21,7 +23,7 @@ def run(*args):
 
 def smoke(tmp_path, *extra):
     return run("study", *extra, "--smoke", "--data", "synthetic:reverse", "--set",
-               f"data.cache_dir={tmp_path / 'cache'}")
+               f"data.cache_dir={CACHE}")
 
 
 def test_plan_is_the_cross_product_and_validates_up_front():

@@ -14,15 +14,17 @@ from encdec.decode import translate_ids
 from encdec.runtime import Runtime
 from encdec.train import fit
 
+from conftest import CACHE, random_batch
+
 RT = Runtime.create("cpu", "fp32")
 
 
-def copy_config(tmp_path, **train) -> RunConfig:
+def copy_config(tmp_path, cache=CACHE, **train) -> RunConfig:
     base = dict(max_steps=20, max_tokens=512, lr=3e-3, warmup_steps=10, schedule="linear", eval_every=1000,
                 dev_bleu_sentences=0, log_every=1)
     base.update(train)
     return RunConfig(model=preset("tiny"), data=DataConfig(source="synthetic:copy", vocab_size=64,
-                                                           cache_dir=str(tmp_path / "cache")),
+                                                           cache_dir=str(cache)),
                      train=TrainConfig(**base))
 
 
@@ -36,28 +38,38 @@ def test_twenty_steps_lower_the_loss(tmp_path):
     assert len(ls) == 20 and sum(ls[-5:]) / 5 < 0.8 * sum(ls[:5]) / 5
 
 
-def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
+def dropout_config(tmp_path) -> RunConfig:
     cfg = copy_config(tmp_path, max_steps=8)
-    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1))  # dropout: the RNG state must be restored too
-    fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    return replace(cfg, model=replace(cfg.model, dropout=0.1))  # dropout: the RNG state must be restored too
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted 8-step run with dropout, which the resume tests compare against."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    fit(dropout_config(run.parent), run, RT, log=lambda m: None, progress=False)
+    return run
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path, straight):
+    cfg = dropout_config(tmp_path)
     first = fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=3)
     assert first == {"stopped_at": 3}
     fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
-    a, b = load_run(tmp_path / "straight")[1], load_run(tmp_path / "resumed")[1]
+    assert losses(tmp_path / "resumed") == losses(straight)
+    a, b = load_run(straight)[1], load_run(tmp_path / "resumed")[1]
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 
 
-def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path):
+def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path, straight):
     """A run killed between checkpoints logged steps it will repeat: the log must not hold them twice."""
-    cfg = copy_config(tmp_path, max_steps=8)
-    fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    cfg = dropout_config(tmp_path)
     fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=3)
     with (tmp_path / "resumed" / "metrics.jsonl").open("a") as f:  # what the killed process wrote after step 3
         f.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + json.dumps({"final": {"x": 1}}) + "\n")
     fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert losses(tmp_path / "resumed") == losses(straight)
 
 
 def test_optimizer_state_is_matched_to_parameters_by_name():
@@ -108,7 +120,7 @@ def test_copy_task_is_learned_in_500_steps(tmp_path):
     assert exact >= 0.95, exact
 
 
-def test_sigterm_mid_step_saves_the_state_after_that_step_and_resume_repeats_the_straight_losses(tmp_path,
+def test_sigterm_mid_step_saves_the_state_after_that_step_and_resume_repeats_the_straight_losses(tmp_path, straight,
                                                                                                 monkeypatch):
     """A scheduler's SIGTERM (or Ctrl-C) during a step: the step completes, the checkpoint holds
     exactly its result, and the resumed run's losses equal an uninterrupted run's."""
@@ -118,9 +130,7 @@ def test_sigterm_mid_step_saves_the_state_after_that_step_and_resume_repeats_the
     import encdec.train as train_mod
     from encdec.train import Interrupted
 
-    cfg = copy_config(tmp_path, max_steps=8)
-    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1))
-    fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    cfg = dropout_config(tmp_path)
     real_step, calls = train_mod.train_step, []
 
     def step_then_signal(*args, **kwargs):
@@ -136,7 +146,7 @@ def test_sigterm_mid_step_saves_the_state_after_that_step_and_resume_repeats_the
     monkeypatch.setattr(train_mod, "train_step", real_step)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone again
     fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert losses(tmp_path / "resumed") == losses(straight)
 
 
 def test_average_of_the_last_snapshots_is_their_mean(tmp_path):
@@ -193,7 +203,6 @@ def test_attention_dropout_trains_and_is_off_at_evaluation(tmp_path):
     fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
     assert all(math.isfinite(x) for x in losses(tmp_path / "run"))
     _, model = load_run(tmp_path / "run")
-    from conftest import random_batch
 
     batch = random_batch(vocab=64)
     model.eval()
@@ -206,7 +215,7 @@ def test_attention_dropout_trains_and_is_off_at_evaluation(tmp_path):
 
 
 def test_bpe_vocabulary_trains_and_round_trips(tmp_path):
-    cfg = copy_config(tmp_path, max_steps=2)
+    cfg = copy_config(tmp_path, cache=tmp_path / "cache", max_steps=2)
     cfg = replace(cfg, data=replace(cfg.data, spm_model="bpe"))
     fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
     vocab = Vocab(tmp_path / "run" / "vocab.model")

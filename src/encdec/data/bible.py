@@ -187,10 +187,14 @@ class AlignCosts:
     same_ref_bonus: float = 1.0
     lexical_weight: float = 4.0
 
-    def pair(self, es_words: frozenset[str], en_words: frozenset[str], es_len: int, en_len: int) -> float:
+    def translations(self, es_words: frozenset[str]) -> list[str]:
+        """The dictionary translations of the Spanish words it knows."""
+        return [self.dictionary[w] for w in es_words if w in self.dictionary]
+
+    def pair(self, translations: list[str], en_words: frozenset[str], es_len: int, en_len: int) -> float:
+        """Cost of linking a Spanish span (its `translations`, length in characters) to an English one."""
         r = (math.log((en_len + 20) / (es_len + 20)) - self.log_ratio_mean) / self.log_ratio_std
-        known = [w for w in es_words if w in self.dictionary]
-        hit = sum(self.dictionary[w] in en_words for w in known) / len(known) if known else 0.0
+        hit = sum(t in en_words for t in translations) / len(translations) if translations else 0.0
         return 0.5 * min(r * r, 16.0) - self.lexical_weight * hit
 
 
@@ -206,6 +210,13 @@ def align_book(es: list[Verse], en: list[Verse], costs: AlignCosts,
     n, m = len(es), len(en)
     es_words = [_words(v.text) for v in es]
     en_words = [_words(v.text) for v in en]
+    # every span a link can cover, computed once: es_span[d][i] covers Spanish verses i-d .. i-1
+    # (its translations and length), en_span[d][j] English verses j-d .. j-1 (words and length)
+    es_span = {d: [(costs.translations(frozenset().union(*es_words[i - d : i])),
+                    sum(len(v.text) for v in es[i - d : i])) if i >= d else None for i in range(n + 1)]
+               for d in (1, 2)}
+    en_span = {d: [(frozenset().union(*en_words[j - d : j]), sum(len(v.text) for v in en[j - d : j]))
+                   if j >= d else None for j in range(m + 1)] for d in (1, 2)}
     inf = float("inf")
     best: dict[tuple[int, int], tuple[float, tuple[int, int] | None]] = {(0, 0): (0.0, None)}
 
@@ -223,10 +234,8 @@ def align_book(es: list[Verse], en: list[Verse], costs: AlignCosts,
                 if di == 0 or dj == 0:
                     c = costs.skip
                 else:
-                    c = costs.pair(
-                        frozenset().union(*es_words[i - di : i]), frozenset().union(*en_words[j - dj : j]),
-                        sum(len(v.text) for v in es[i - di : i]), sum(len(v.text) for v in en[j - dj : j]),
-                    )
+                    (trans, es_len), (words, en_len) = es_span[di][i], en_span[dj][j]
+                    c = costs.pair(trans, words, es_len, en_len)
                     if di == dj == 1 and es[i - 1].ref == en[j - 1].ref:
                         c -= costs.same_ref_bonus
                     if di + dj == 3:
