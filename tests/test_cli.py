@@ -30,11 +30,17 @@ def test_user_mistakes_are_one_clear_line(tmp_path):
         (["train", "--preset", "huge", "--out", str(tmp_path / "r")], "unknown preset"),
         (["evaluate", "--checkpoint", str(tmp_path / "nope")], "not an encdec run folder"),
         (["data", "wikipedia:es-en"], "unknown data source"),
+        (["train", "--minutes", "0", "--out", str(tmp_path / "r")], "--minutes=0.0 must be > 0"),
+        (["train", "--steps", "0", "--out", str(tmp_path / "r")], "--steps=0 must be > 0"),
+        (["train", "--epochs", "-1", "--out", str(tmp_path / "r")], "--epochs=-1 must be > 0"),
+        (["study", "heads", "--steps", "0", "--out", str(tmp_path / "s")], "the budget must be > 0"),
+        (["study", "heads", "--minutes", "0", "--out", str(tmp_path / "s")], "the budget must be > 0"),
     ]
     for args, fragment in cases:
         r = run(*args)
         assert r.exit_code == 2, (args, r.output)
         assert fragment in r.output and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()  # nothing started
 
 
 def test_missing_sword_modules_name_the_install_command(tmp_path, monkeypatch):

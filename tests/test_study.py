@@ -78,6 +78,28 @@ def test_smoke_heads_study_table_and_resume(tmp_path):
     assert other.exit_code == 2 and "different plan" in other.output
 
 
+def test_every_point_is_tested_against_the_reference_by_paired_bootstrap(tmp_path):
+    """sacreBLEU's paired bootstrap, seed k against seed k and pooled over seeds; identical
+    hypotheses would give p = 1 / 1001, so real p-values in (0, 1] and the BLEU deltas are checked."""
+    out = tmp_path / "heads"
+    r = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--reference", "heads=4")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "results.json").read_text())
+    test = doc["significance"]["heads=1"]
+    assert list(doc["significance"]) == ["heads=1"] and test["seeds"] == [1, 2]
+    bleu = {(row["point"], row["seed"]): row["test_bleu"] for row in doc["runs"]}
+    for seed in (1, 2):  # the test set's BLEU as sacreBLEU's test recomputes it, and its difference
+        t = test["per_seed"][str(seed)]
+        assert t["bleu"] == pytest.approx(bleu["heads=1", seed], abs=0.01)
+        assert t["delta"] == pytest.approx(bleu["heads=1", seed] - bleu["heads=4", seed], abs=0.02)
+        assert 0 < t["p"] <= 1
+    assert 0 < test["pooled"]["p"] <= 1
+    md = (out / "results.md").read_text()
+    assert "Δ BLEU vs heads=4 (p pooled; per seed)" in md and "| reference |" in md
+    bad = smoke(tmp_path, "heads", "--values", "1,4", "--out", tmp_path / "other", "--reference", "heads=8")
+    assert bad.exit_code == 2 and "not a point of this study" in bad.output
+
+
 def test_print_commands_runs_are_collected(tmp_path):
     out = tmp_path / "wiring"
     r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--print-commands")
@@ -119,3 +141,16 @@ def test_study_mistakes(tmp_path):
                            (["depth", "--set", "train.seed=7"], "the study sets train.seed")):
         r = smoke(tmp_path, *args, "--out", tmp_path / "x")
         assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp_path):
+    out = tmp_path / "conv"
+    r = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
+            "--out", out, "--print-commands", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
+    assert r.exit_code == 0, r.output
+    assert len([line for line in r.stdout.splitlines() if line.startswith("encdec train")]) == 2
+    for folder in ("heads=1/seed-1", "heads=4/seed-1"):
+        tc = json.loads((out / folder / "config.json").read_text())["train"]
+        assert (tc["patience"], tc["schedule"], tc["max_steps"]) == (5, "inverse_sqrt", 5000)
+    bad = run("study", "heads", "--until-converged", "--minutes", "5", "--out", tmp_path / "x")
+    assert bad.exit_code == 2 and "not --minutes" in bad.output

@@ -225,3 +225,54 @@ def test_bpe_vocabulary_trains_and_round_trips(tmp_path):
     # a BPE model scores its pieces by merge order (0, -1, -2, ...); a unigram model by log-probability
     scores = [vocab.sp.get_score(i) for i in range(4, vocab.size)]
     assert all(s == int(s) for s in scores) and scores == sorted(scores, reverse=True)
+
+
+def scripted_dev_loss(monkeypatch, values: list[float]) -> None:
+    """Make `train.evaluate` report these dev NLLs, one per call, in order (then the last again)."""
+    import encdec.train as train_mod
+
+    calls = []
+
+    def fake(model, data, rt):
+        calls.append(1)
+        nll = values[min(len(calls), len(values)) - 1]
+        return {"dev_nll": nll, "dev_ppl": math.exp(nll)}
+
+    monkeypatch.setattr(train_mod, "evaluate", fake)
+
+
+def test_patience_stops_training_and_resume_mid_patience_stops_at_the_same_step(tmp_path, monkeypatch):
+    """Evaluations every 2 steps score 5, 4, 4.5, 4.2: with patience 2 the run stops at step 8,
+    two evaluations after its best (step 4), far below its 200-step cap; a run stopped at step
+    6, mid-patience, resumes and stops at the same step with the same losses."""
+    cfg = copy_config(tmp_path, max_steps=200, eval_every=2, patience=2, schedule="inverse_sqrt")
+    dev = [5.0, 4.0, 4.5, 4.2, 3.0, 3.0]
+    scripted_dev_loss(monkeypatch, dev)
+    summary = fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    assert summary["step"] == 8 and summary["best_step"] == 4
+    assert summary["stop"] == "converged: no better dev score in 2 evaluations after step 4"
+    scripted_dev_loss(monkeypatch, dev)
+    assert fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=6) == \
+        {"stopped_at": 6}
+    resumed = fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
+    assert resumed["step"] == 8 and resumed["stop"] == summary["stop"]
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    final = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["final"]["stop"].startswith("converged")
+
+
+def test_until_converged_sets_the_patience_schedule_and_cap(tmp_path):
+    from typer.testing import CliRunner
+
+    from encdec.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "--data", "synthetic:copy", "--preset", "tiny", "--until-converged", "--steps", "4", "--out",
+            str(out), "--no-evaluate", "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=256"]
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    tc = json.loads((out / "config.json").read_text())["train"]
+    assert (tc["patience"], tc["schedule"], tc["max_steps"], tc["max_minutes"]) == (5, "inverse_sqrt", 4, 0.0)
+    assert "stopped at step 4: budget" in r.output
+    r = CliRunner().invoke(app, args[:-4] + ["--minutes", "5"], catch_exceptions=False)
+    assert r.exit_code == 2 and "not --minutes" in r.output

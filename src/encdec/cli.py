@@ -29,6 +29,7 @@ from encdec.config import (
     preset,
     run_config,
 )
+from encdec.config import until_converged as config_until_converged
 from encdec.ui import console, fail, log, runtime, show, warn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,6 +70,10 @@ def train(
                                                     "budget is given)."),
     steps: int | None = typer.Option(None, help="Training budget in optimizer steps."),
     epochs: int | None = typer.Option(None, help="Training budget in epochs."),
+    until_converged: bool = typer.Option(False, "--until-converged",
+                                         help="Train until train.patience (default 5) evaluations in a row find no "
+                                              "better dev score, under a cap of --steps (default 30,000), with the "
+                                              "inverse-square-root LR schedule."),
     vocab_size: int | None = typer.Option(None, help="Joint vocabulary size (sets model and data)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     config: Path | None = typer.Option(None, help="Start from this config.json (as written in every run folder) "
@@ -111,6 +116,10 @@ def train(
             cfg = run_config(preset_name, data, vocab_size=vocab_size, **budget, overrides=list(set_))
         cfg = replace(cfg, train=replace(cfg.train, precision=precision or cfg.train.precision,
                                          accum=cfg.train.accum if accum is None else accum))
+        if until_converged:
+            if minutes or epochs:
+                raise ValueError("--until-converged takes a step cap (--steps), not --minutes or --epochs")
+            cfg = config_until_converged(cfg, cap=steps)
         if dist.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
             device = f"cuda:{dist.local_rank}"  # one GPU per process
         rt = runtime(device, cfg.train.precision)
@@ -287,9 +296,15 @@ def study(
     out: Path | None = typer.Option(None, help="Study folder (default runs/study-AXIS); rerun to resume."),
     preset_name: str = typer.Option("small", "--preset", help="Base model preset."),
     data: str = typer.Option("bible:es-en", help="Corpus."),
-    steps: int = typer.Option(1000, help="Training budget of every run, in optimizer steps."),
+    steps: int | None = typer.Option(None, help="Training budget of every run, in optimizer steps (default 1,000; "
+                                                "with --until-converged the cap, default 30,000)."),
     minutes: float | None = typer.Option(None, help="Wall-clock budget per run instead of --steps (noisier)."),
+    until_converged: bool = typer.Option(False, "--until-converged",
+                                         help="Train every run to convergence (see `encdec train --help`); "
+                                              "--steps is then the cap (default 30,000)."),
     seeds: int = typer.Option(3, help="Seeds per point (1..K)."),
+    reference: str | None = typer.Option(None, help="The point every other is tested against by paired "
+                                                    "bootstrap, e.g. wiring=final or heads=8 (default: the first)."),
     beam: int = typer.Option(BEAM, help="Beam size of the test evaluation."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     smoke: bool = typer.Option(False, help="Tiny preset, 20 steps, 2 seeds, greedy on 100 test sentences: "
@@ -329,7 +344,8 @@ def study(
         if executor not in ("local", "ray"):
             raise ValueError(f"--executor={executor!r}; choose local or ray")
         plan = studies.make_plan(axis, values, list(axes), list(set_), preset_name=preset_name, data=data,
-                                 steps=steps, minutes=minutes, seeds=seeds, beam=beam, smoke=smoke, out=out)
+                                 steps=steps, minutes=minutes, seeds=seeds, beam=beam, smoke=smoke, out=out,
+                                 until_converged=until_converged, reference=reference)
     except ValueError as e:
         fail(str(e))
     todo = plan.unfinished()
@@ -360,7 +376,7 @@ def study(
         raise typer.Exit(130) from None
     except ValueError as e:
         fail(str(e))
-    results = studies.write_results(plan.folder, plan.runs, plan.axis_names, plan.beam, plan.title)
+    results = studies.write_results(plan)
     if not results:
         fail("no finished runs to report yet")
     print(studies.markdown(results, plan.axis_names, plan.title))

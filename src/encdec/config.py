@@ -182,6 +182,7 @@ class TrainConfig:
     max_epochs: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # wall-clock budget; 0 = no limit
     eval_every: int = 250  # steps between dev evaluations (and checkpoints); not counted in max_minutes
+    patience: int = 0  # stop when this many evaluations in a row found no better dev score (0 = off)
     dev_bleu_sentences: int = 300  # fixed random dev subset for BLEU during training; 0 disables
     average_last: int = 1  # average the weights of the last K evaluation checkpoints at the end
     log_every: int = 20
@@ -205,6 +206,8 @@ class TrainConfig:
             raise ValueError(f"train.eval_every={self.eval_every}, train.log_every={self.log_every} must be >= 1")
         if self.average_last < 1:
             raise ValueError(f"train.average_last={self.average_last} must be >= 1")
+        if self.patience < 0:
+            raise ValueError(f"train.patience={self.patience} must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +269,20 @@ def preset(name: str) -> ModelConfig:
         hint = f" did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(MODEL_PRESETS)}.{hint}")
     return MODEL_PRESETS[name]
+
+
+UNTIL_CONVERGED = {"patience": 5, "schedule": "inverse_sqrt", "max_steps": 30_000}
+
+
+def until_converged(cfg: RunConfig, *, cap: int | None = None) -> RunConfig:
+    """The convergence budget: train until `train.patience` evaluations in a row find no better
+    dev score (5 unless set), under a step cap (`cap`, else 30,000), with the paper's
+    inverse-square-root schedule, which needs no run length in advance (the linear schedule
+    decays to zero at a length fixed beforehand). A time or epoch budget is dropped."""
+    tc = cfg.train
+    return replace(cfg, train=replace(tc, patience=tc.patience or UNTIL_CONVERGED["patience"],
+                                      schedule=UNTIL_CONVERGED["schedule"], max_minutes=0.0, max_epochs=0,
+                                      max_steps=cap or UNTIL_CONVERGED["max_steps"]))
 
 
 def run_config(preset_name: str, source: str, *, vocab_size: int | None = None, steps: int = 0, minutes: float = 0.0,

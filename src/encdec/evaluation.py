@@ -66,6 +66,11 @@ def result_path(run: Path, split: str, beam: int, int8: bool = False) -> Path:
     return Path(run) / f"eval.{split}.beam{beam}{'.int8' if int8 else ''}.json"
 
 
+def hyps_path(run: Path, split: str, beam: int, int8: bool = False) -> Path:
+    """The hypotheses `score_run` writes, one line per sentence of the split."""
+    return Path(run) / f"hyps.{split}.beam{beam}{'.int8' if int8 else ''}.txt"
+
+
 def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: float = ALPHA, limit: int = 0,
               int8: bool = False, log=None,
               on_start: Callable[[int], None] | None = None,
@@ -95,7 +100,7 @@ def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: fl
                             on_batch=on_batch, on_truncate=truncated)
     seconds = time.time() - t0
     hyps = [vocab.decode(h) for h in hyp_ids]
-    hyp_file = run / f"hyps.{split}.beam{beam}{'.int8' if int8 else ''}.txt"
+    hyp_file = hyps_path(run, split, beam, int8)
     hyp_file.write_text("".join(h + "\n" for h in hyps))
     refs = [p.tgt for p in pairs]
     result = {"split": split, "sentences": len(pairs), "beam": beam, "alpha": alpha, "int8": int8,

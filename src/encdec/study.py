@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from encdec.config import WIRINGS, RunConfig, load_json, run_config, to_dict
+from encdec.config import until_converged as config_until_converged
 
 if TYPE_CHECKING:
     from encdec.runtime import Runtime
@@ -121,6 +122,7 @@ class StudyPlan:
     beam: int
     limit: int  # test sentences scored per run (0 = all)
     title: str  # what the tables and plots are titled: corpus, base, changes, budget
+    reference: str  # the point every other is tested against (paired bootstrap)
 
     @property
     def axis_names(self) -> list[str]:
@@ -134,13 +136,15 @@ SMOKE = ["train.warmup_steps=5", "train.eval_every=1000", "train.dev_bleu_senten
 
 
 def make_plan(axis: str, values: str | None, grid_axes: list[str], overrides: list[str], *, preset_name: str,
-              data: str, steps: int, minutes: float | None, seeds: int, beam: int, smoke: bool,
-              out: Path | None) -> StudyPlan:
+              data: str, steps: int | None, minutes: float | None, seeds: int, beam: int, smoke: bool,
+              out: Path | None, until_converged: bool = False, reference: str | None = None) -> StudyPlan:
     """Validate a study's command line, plan its runs and write the plan (`write_plan`).
 
     `axis` is one of AXES with `values` (None: the defaults), or "grid" with two or more
     `grid_axes` of the form AXIS=V1,V2. `overrides` (--set) may not touch a field the study varies.
-    `smoke` shrinks everything to a minutes-long check of the pipeline."""
+    `smoke` shrinks everything to a minutes-long check of the pipeline; `until_converged` trains
+    every run to convergence (`config.until_converged`) under a cap of `steps`. `reference` names
+    the point the others are tested against (default: the first)."""
     if axis == "grid":
         if len(grid_axes) < 2:
             raise ValueError("grid needs two or more --axis AXIS=V1,V2 options")
@@ -156,23 +160,35 @@ def make_plan(axis: str, values: str | None, grid_axes: list[str], overrides: li
                              "(from its axes, or --seeds for train.seed); drop the --set")
     if seeds < 1:
         raise ValueError(f"--seeds={seeds} must be >= 1")
-    if steps < 1 or (minutes is not None and minutes <= 0):
+    if (steps is not None and steps < 1) or (minutes is not None and minutes <= 0):
         raise ValueError(f"the budget must be > 0 (--steps={steps}, --minutes={minutes})")
-    minutes = minutes or 0.0
+    if until_converged and minutes is not None:
+        raise ValueError("--until-converged takes a step cap (--steps), not --minutes")
+    cap = steps
+    steps, minutes = steps or 1000, minutes or 0.0
     limit = 0
     # the title names what was changed from the preset (not where the files live)
     changes = "".join(f" + {item}" for item in overrides if not item.startswith("data.cache_dir="))
     if smoke:
         preset_name, steps, minutes, beam, limit, seeds = "tiny", 20, 0.0, 1, 100, min(seeds, 2)
+        cap = steps
         overrides = [*SMOKE, *overrides]
     base = run_config(preset_name, data, steps=0 if minutes > 0 else steps, minutes=minutes, overrides=overrides)
+    if until_converged:
+        base = config_until_converged(base, cap=cap)
+        steps = base.train.max_steps
     seed_list = list(range(1, seeds + 1))
     runs = plan(base, spec, seed_list)
     folder = out or Path(f"runs/study-{axis}")
     write_plan(folder, base, spec, seed_list, beam, runs)
     budget = f"{steps} steps" if not minutes else f"{minutes} min"
+    if until_converged:
+        budget = f"until converged (patience {base.train.patience} x {base.train.eval_every} steps, cap {steps})"
     title = f"{data}, {preset_name} base{changes}, {budget} per run"
-    return StudyPlan(folder, spec, base, runs, beam, limit, title)
+    points = list(dict.fromkeys(r.point_name for r in runs))
+    if reference is not None and reference not in points:
+        raise ValueError(f"--reference={reference!r} is not a point of this study; choose one of {', '.join(points)}")
+    return StudyPlan(folder, spec, base, runs, beam, limit, title, reference or points[0])
 
 
 def run_local(study: StudyPlan, todo: list[StudyRun], rt: Runtime, *, log: Callable[[str], None] = print,
@@ -323,6 +339,39 @@ def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt: Runtime,
     return doc
 
 
+def significance(study: StudyPlan) -> dict[str, dict]:
+    """Each point's test hypotheses against the reference point's, by sacreBLEU's paired
+    bootstrap (`metrics.paired_bootstrap`): per seed (seed k against seed k), and pooled (the
+    seeds both finished, their test sets stacked, so a sentence counts once per seed)."""
+    from encdec.data import load_corpus
+    from encdec.evaluation import hyps_path
+    from encdec.metrics import paired_bootstrap
+
+    def hyps(run: StudyRun) -> list[str]:
+        return hyps_path(study.folder / run.folder, "test", study.beam).read_text(encoding="utf-8").split("\n")[:-1]
+
+    done = [r for r in study.runs if is_finished(study.folder, r, study.beam)]
+    ref_runs = {r.seed: r for r in done if r.point_name == study.reference}
+    if not ref_runs:
+        return {}
+    data = study.base.data
+    pairs = load_corpus(data.source, data.cache_dir).split("test")
+    refs = [p.tgt for p in (pairs[: study.limit] if study.limit else pairs)]
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r.point_name for r in done):
+        if name == study.reference:
+            continue
+        mine = {r.seed: r for r in done if r.point_name == name and r.seed in ref_runs}
+        if not mine:
+            continue
+        seeds = sorted(mine)
+        per_seed = {k: paired_bootstrap(hyps(ref_runs[k]), hyps(mine[k]), [refs]) for k in seeds}
+        pooled = paired_bootstrap([h for k in seeds for h in hyps(ref_runs[k])],
+                                  [h for k in seeds for h in hyps(mine[k])], [refs * len(seeds)])
+        out[name] = {"seeds": seeds, "per_seed": per_seed, "pooled": pooled}
+    return out
+
+
 def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
     """One row per finished run, read back from its folder."""
     from encdec.analysis.params import count
@@ -346,7 +395,8 @@ def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
                      "params": count(m)["total"], "steps": final["step"], "dev_ppl": final["dev_ppl"],
                      "dev_bleu": final["dev_score"], "test_bleu": ev["bleu"], "test_chrf": ev["chrf"],
                      "sent_per_s": ev["sent_per_s"], "train_tok_s": statistics.median(speeds) if speeds else math.nan,
-                     "train_min": final["train_min"]})
+                     "train_min": final["train_min"], "best_step": final.get("best_step"),
+                     "stop": final.get("stop", "")})
     return rows
 
 
@@ -373,9 +423,12 @@ def aggregate(rows: list[dict], runs: list[StudyRun], together: dict | None = No
         pts = [r for r in rows if r["point"] == name]
         if not pts:
             continue
-        row = {k: pts[0][k] for k in pts[0] if k not in METRICS and k not in ("seed", "steps")}
+        per_run = ("seed", "steps", "best_step", "stop", "delta_vs_ref", "p_vs_ref")
+        row = {k: pts[0][k] for k in pts[0] if k not in METRICS and k not in per_run}
         row["seeds"] = len(pts)
-        row["steps"] = pts[0]["steps"]
+        row["steps"] = pts[0]["steps"]  # the budget; until converged, the mean of where the runs stopped
+        if any(p["stop"].startswith("converged") for p in pts):
+            row["steps"] = round(statistics.fmean(p["steps"] for p in pts))
         for k in METRICS:
             vals = [p[k] for p in pts]
             row[k] = statistics.fmean(vals)
@@ -394,10 +447,13 @@ def speed_column(results: list[dict]) -> tuple[str, str]:
 
 
 def markdown(results: list[dict], axes: list[str], title: str) -> str:
-    """Table 3 layout: architecture columns, params, dev PPL, dev BLEU, test BLEU (mean ± std)."""
+    """Table 3 layout: architecture columns, params, dev PPL, dev BLEU, test BLEU (mean ± std), and
+    the paired bootstrap against the reference point (pooled over seeds, then per seed)."""
     cols = ["N enc", "N dec", "d_model", "d_ff", "h", "d_k", "d_v"] + (["wiring"] if "wiring" in axes else [])
     speed, speed_label = speed_column(results)
-    head = cols + ["params", "dev PPL", "dev BLEU", "test BLEU", speed_label, "seeds"]
+    reference = results[0].get("reference", "") if results else ""
+    head = cols + ["params", "dev PPL", "dev BLEU", "test BLEU", f"Δ BLEU vs {reference} (p pooled; per seed)",
+                   speed_label, "seeds"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pm(r, k, digits=2):
@@ -407,26 +463,42 @@ def markdown(results: list[dict], axes: list[str], title: str) -> str:
         arch = [r["n_enc"], r["n_dec"], r["d_model"], r["d_ff"], r["h"], r["d_k"], r["d_v"]]
         if "wiring" in axes:
             arch.append(r["wiring_scheme"])
+        if r.get("delta_vs_ref") is not None:
+            test = f"{r['delta_vs_ref']:+.2f} (p {r['p_vs_ref']:.3f}; {r['p_vs_ref_per_seed']})"
+        else:
+            test = "reference" if r["point"] == reference else "–"
         lines.append("| " + " | ".join(str(x) for x in arch) + f" | {r['params'] / 1e6:.2f}M | {pm(r, 'dev_ppl')} | "
-                     f"{pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {r[speed]:.1f} | {r['seeds']} |")
+                     f"{pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {test} | {r[speed]:.1f} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
-def write_results(study_dir: Path, runs: list[StudyRun], axes: list[str], beam: int, title: str) -> list[dict]:
+def write_results(study: StudyPlan) -> list[dict]:
+    """runs.csv, results.csv/json/md and the plots, from every finished run; returns the results."""
     from encdec.analysis import plots
 
-    rows = collect(study_dir, runs, beam)
-    speed_file = study_dir / SPEED_FILE
+    folder, runs = study.folder, study.runs
+    rows = collect(folder, runs, study.beam)
+    tests = significance(study)
+    for row in rows:
+        test = tests.get(row["point"], {}).get("per_seed", {}).get(row["seed"])
+        row["delta_vs_ref"], row["p_vs_ref"] = (test["delta"], test["p"]) if test else (None, None)
+    speed_file = folder / SPEED_FILE
     together = json.loads(speed_file.read_text())["sent_per_s"] if speed_file.exists() else None
     results = aggregate(rows, runs, together)
+    for r in results:
+        test = tests.get(r["point"])
+        r["reference"] = study.reference
+        r["delta_vs_ref"] = test["pooled"]["delta"] if test else None
+        r["p_vs_ref"] = test["pooled"]["p"] if test else None
+        r["p_vs_ref_per_seed"] = "/".join(f"{t['p']:.3f}" for t in test["per_seed"].values()) if test else ""
     for name, data in (("runs.csv", rows), ("results.csv", results)):
         if data:
-            plots.write_csv(data, study_dir / name)
-    curve = curves(study_dir, runs, beam)
-    (study_dir / "results.json").write_text(json.dumps({"runs": rows, "results": results, "dev_bleu_by_step": curve},
-                                                       indent=2) + "\n")
+            plots.write_csv(data, folder / name)
+    curve = curves(folder, runs, study.beam)
+    (folder / "results.json").write_text(json.dumps({"runs": rows, "results": results, "significance": tests,
+                                                     "dev_bleu_by_step": curve}, indent=2) + "\n")
     if results:
-        (study_dir / "results.md").write_text(markdown(results, axes, title))
-        plots.study_points(results, axes, study_dir, title, speed_column(results))
-        plots.study_curves(curve, study_dir, title)
+        (folder / "results.md").write_text(markdown(results, study.axis_names, study.title))
+        plots.study_points(results, study.axis_names, folder, study.title, speed_column(results))
+        plots.study_curves(curve, folder, study.title)
     return results

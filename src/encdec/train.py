@@ -53,6 +53,7 @@ class TrainState:
     best_step: int = 0
     snapshots: list[str] = field(default_factory=list)  # RUN/snapshots/ files kept for averaging
     last_eval: int = -1  # step of the last evaluation (its record is in metrics.jsonl)
+    stop_reason: str = ""  # why training ended: "budget" or "converged: ..."
 
 
 @dataclass
@@ -96,6 +97,11 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                     raise KeyboardInterrupt
                 used = budget_used(tc, state, loop)
                 if dist.any(used >= 1.0):  # rank 0's clock decides for all under a time budget
+                    state.stop_reason = "budget"
+                    break
+                if dist.any(converged(tc, state)):  # rank 0 evaluates, so it decides
+                    state.stop_reason = (f"converged: no better dev score in {tc.patience} evaluations "
+                                         f"after step {state.best_step}")
                     break
                 if stop_after_steps is not None and steps_here >= stop_after_steps:
                     if dist.is_main:
@@ -116,6 +122,7 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
     if not dist.is_main:
         dist.barrier()  # rank 0 evaluates and writes the final weights
         return {"rank": dist.rank, "step": state.step}
+    log(f"stopped at step {state.step}: {state.stop_reason}")
     if state.last_eval != state.step:
         evaluate_and_checkpoint(loop, state)
     summary = finish(loop, state)
@@ -193,6 +200,11 @@ def budget_used(tc: TrainConfig, state: TrainState, loop: Loop) -> float:
     if tc.max_epochs > 0:
         parts.append(_epoch_pos(state, loop) / tc.max_epochs)
     return max(parts)
+
+
+def converged(tc: TrainConfig, state: TrainState) -> bool:
+    """The patience rule: `tc.patience` evaluations in a row since the best dev score, none better."""
+    return tc.patience > 0 and state.last_eval >= 0 and state.step - state.best_step >= tc.patience * tc.eval_every
 
 
 def _epoch_pos(state: TrainState, loop: Loop) -> float:
@@ -295,9 +307,9 @@ def finish(loop: Loop, state: TrainState) -> dict:
         if score > chosen_score:
             chosen, chosen_score, final = f"average of last {len(state.snapshots)}", score, avg
     ckpt.save_weights(final, run / "model.safetensors")
-    summary = {"step": state.step, "train_min": round((state.elapsed - state.eval_s) / 60, 1),
-               "total_min": round(state.elapsed / 60, 1), "final_weights": chosen,
-               "dev_score": chosen_score, **evaluate(final, data, rt)}
+    summary = {"step": state.step, "stop": state.stop_reason, "best_step": state.best_step,
+               "train_min": round((state.elapsed - state.eval_s) / 60, 1), "total_min": round(state.elapsed / 60, 1),
+               "final_weights": chosen, "dev_score": chosen_score, **evaluate(final, data, rt)}
     ckpt.append_metrics(run, {"final": summary})
     return summary
 
