@@ -30,12 +30,13 @@ from encdec.config import (
     run_config,
 )
 from encdec.config import until_converged as config_until_converged
-from encdec.ui import console, fail, log, runtime, show, warn
+from encdec.study_command import study
+from encdec.ui import SET_HELP, console, fail, log, runtime, show, warn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="encdec: a lab for encoder-decoder Transformers (Vaswani et al. 2017) and their wiring.")
 app.add_typer(analyze, name="analyze")
-SET_HELP = "Override any config field, e.g. --set train.lr=3e-4 --set model.wiring=layerwise (repeatable)."
+app.command()(study)
 
 
 @app.command()
@@ -285,102 +286,6 @@ def export(fmt: str = typer.Argument(..., metavar="FORMAT", help="hf (Hugging Fa
               f"MarianMTModel.from_pretrained('{path}'); MarianTokenizer.from_pretrained('{path}')")
     else:
         print(f"import ctranslate2; ctranslate2.Translator('{path}')  # source tokens: pieces + '</s>'")
-
-
-@app.command()
-def study(
-    axis: str = typer.Argument(..., help="heads | depth | width | wiring | grid (grid: give --axis twice or more)."),
-    values: str | None = typer.Option(None, help="Comma-separated values of AXIS (default: the axis's standard set; "
-                                                 "depth takes N or ENC-DEC, e.g. 6-1)."),
-    axes: list[str] = typer.Option([], "--axis", help="For grid: AXIS=V1,V2 (repeatable), e.g. --axis heads=1,4,8."),
-    out: Path | None = typer.Option(None, help="Study folder (default runs/study-AXIS); rerun to resume."),
-    preset_name: str = typer.Option("small", "--preset", help="Base model preset."),
-    data: str = typer.Option("bible:es-en", help="Corpus."),
-    steps: int | None = typer.Option(None, help="Training budget of every run, in optimizer steps (default 1,000; "
-                                                "with --until-converged the cap, default 30,000)."),
-    minutes: float | None = typer.Option(None, help="Wall-clock budget per run instead of --steps (noisier)."),
-    until_converged: bool = typer.Option(False, "--until-converged",
-                                         help="Train every run to convergence (see `encdec train --help`); "
-                                              "--steps is then the cap (default 30,000)."),
-    seeds: int = typer.Option(3, help="Seeds per point (1..K)."),
-    reference: str | None = typer.Option(None, help="The point every other is tested against by paired "
-                                                    "bootstrap, e.g. wiring=final or heads=8 (default: the first)."),
-    beam: int = typer.Option(BEAM, help="Beam size of the test evaluation."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    smoke: bool = typer.Option(False, help="Tiny preset, 20 steps, 2 seeds, greedy on 100 test sentences: "
-                                           "minutes on 2 cores, to check the whole pipeline."),
-    executor: str = typer.Option("local", help="local (this process) | ray (one Ray task per run)."),
-    ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start a local instance)."),
-    cpus_per_run: int = typer.Option(2, help="CPUs a Ray task asks for (each run also uses that many threads)."),
-    print_commands: bool = typer.Option(False, help="Print one `encdec train` command per unfinished run "
-                                                    "(for SLURM or any scheduler) and exit; rerun without it "
-                                                    "to collect the results."),
-    collect_only: bool = typer.Option(False, "--collect", help="Train nothing: report the runs finished so far "
-                                                              "(e.g. while a scheduler's runs are going)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    time_decoding: bool = typer.Option(False, help="Before reporting, time every finished point's decoding "
-                                                   "together (200 test sentences, 3 interleaved rounds; run on a "
-                                                   "quiet machine): runs made hours apart are not comparable."),
-):
-    """Sweep depth, heads, width or wiring on an equal budget with K seeds; print Table 3.
-
-    Writes results.csv/json/md and plots to the study folder; every run is an ordinary run folder.
-    """
-    import shlex
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from encdec import study as studies
-    from encdec.train import Interrupted
-
-    try:
-        if executor not in ("local", "ray"):
-            raise ValueError(f"--executor={executor!r}; choose local or ray")
-        plan = studies.make_plan(axis, values, list(axes), list(set_), preset_name=preset_name, data=data,
-                                 steps=steps, minutes=minutes, seeds=seeds, beam=beam, smoke=smoke, out=out,
-                                 until_converged=until_converged, reference=reference)
-    except ValueError as e:
-        fail(str(e))
-    todo = plan.unfinished()
-    log(f"study {plan.folder}: {len(plan.runs)} runs ({len(plan.runs) - len(todo)} finished), axes {plan.axis_names}")
-    if print_commands:
-        for r in todo:
-            print(shlex.join(studies.train_command(plan.folder, r, plan.beam, plan.limit)))
-        return
-    if collect_only and todo:
-        log(f"--collect: {len(todo)} unfinished runs left alone")
-        todo = []
-    try:
-        if todo and executor == "ray":
-            studies.run_on_ray(plan, todo, address=ray_address, cpus=cpus_per_run, log=log)
-        elif todo:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TextColumn("ETA"), TimeRemainingColumn()]
-            with Progress(*columns, console=console, disable=not sys.stderr.isatty()) as bar:
-                task = bar.add_task("study", total=len(todo))
-                studies.run_local(plan, todo, runtime(device, plan.base.train.precision), log=log,
-                                  status=lambda text: bar.update(task, description=text),
-                                  advance=lambda: bar.advance(task))
-        if time_decoding:
-            studies.time_decoding(plan.folder, plan.runs, plan.beam, runtime(device, plan.base.train.precision),
-                                  sentences=min(200, plan.limit) if plan.limit else 200, log=log)
-    except Interrupted as e:
-        console.print(f"[yellow]{e}[/]  (rerun the study command to resume)")
-        raise typer.Exit(130) from None
-    except ValueError as e:
-        fail(str(e))
-    results = studies.write_results(plan)
-    if not results:
-        fail("no finished runs to report yet")
-    print(studies.markdown(results, plan.axis_names, plan.title))
-    log(f"wrote {plan.folder}/results.csv, results.json, results.md, runs.csv and plots")
 
 
 def main() -> None:

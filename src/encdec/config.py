@@ -39,6 +39,13 @@ BEAM = 4
 ALPHA = 0.6  # length penalty exponent (Wu et al. 2016)
 
 
+def _check_minimums(cfg, section: str, **minimum: float) -> None:
+    """Each named field is at least its minimum."""
+    for name, low in minimum.items():
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{section}.{name}={getattr(cfg, name)} must be >= {low}")
+
+
 def _check_choices(cfg, section: str) -> None:
     """Every field annotated with a Literal holds one of its values."""
     for name, tp in typing.get_type_hints(type(cfg)).items():
@@ -80,9 +87,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "model")
-        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        _check_minimums(self, "model", vocab_size=1, d_model=1, n_heads=1, d_ff=1, max_len=1, n_segments=0)
         if self.n_enc_layers < 0 or self.n_dec_layers < 0 or self.n_enc_layers + self.n_dec_layers == 0:
             raise ValueError(
                 f"model.n_enc_layers={self.n_enc_layers}, model.n_dec_layers={self.n_dec_layers}: "
@@ -100,8 +105,6 @@ class ModelConfig:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
         if self.wiring != "final" and self.kind != "encoder-decoder":
             raise ValueError(f"model.wiring={self.wiring!r} needs both an encoder and a decoder ({self.kind} model)")
-        if self.n_segments < 0:
-            raise ValueError(f"model.n_segments={self.n_segments} must be >= 0")
         if self.pooler and self.kind != "encoder":
             raise ValueError("model.pooler=true is for encoder-only models (set model.n_dec_layers=0)")
         if self.layer_map is not None:
@@ -152,10 +155,7 @@ class DataConfig:
             raise ValueError(
                 f"data.source={self.source!r}; expected bible:es-en, text:SRC_FILE,TGT_FILE or synthetic:TASK"
             )
-        if self.vocab_size < 8:
-            raise ValueError(f"data.vocab_size={self.vocab_size} must be >= 8")
-        if self.max_len < 2:
-            raise ValueError(f"data.max_len={self.max_len} must be >= 2")
+        _check_minimums(self, "data", vocab_size=8, max_len=2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,24 +190,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
-        if self.max_tokens < 16:
-            raise ValueError(f"train.max_tokens={self.max_tokens} must be >= 16")
+        _check_minimums(self, "train", max_tokens=16, accum=1, warmup_steps=0, eval_every=1, log_every=1,
+                        average_last=1, patience=0)
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
-        if self.accum < 1:
-            raise ValueError(f"train.accum={self.accum} must be >= 1")
-        if self.warmup_steps < 0:
-            raise ValueError(f"train.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.max_steps <= 0 and self.max_epochs <= 0 and self.max_minutes <= 0:
             raise ValueError("no training budget: set train.max_steps, train.max_epochs or train.max_minutes")
-        if self.eval_every < 1 or self.log_every < 1:
-            raise ValueError(f"train.eval_every={self.eval_every}, train.log_every={self.log_every} must be >= 1")
-        if self.average_last < 1:
-            raise ValueError(f"train.average_last={self.average_last} must be >= 1")
-        if self.patience < 0:
-            raise ValueError(f"train.patience={self.patience} must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
