@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def command(out, cache):
-    return [sys.executable, "-m", "encdec", "train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", "40",
+    return [sys.executable, "-m", "encdec", "train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", "24",
             "--out", str(out), "--no-evaluate", "--precision", "fp32", "--set", f"data.cache_dir={cache}",
-            "--set", "train.max_tokens=256", "--set", "train.log_every=1", "--set", "train.eval_every=20",
+            "--set", "train.max_tokens=256", "--set", "train.log_every=1", "--set", "train.eval_every=12",
             "--set", "train.dev_bleu_sentences=0"]
 
 
@@ -51,7 +51,7 @@ def test_kills_before_the_first_checkpoint_during_a_checkpoint_write_and_mid_run
     subprocess.run(command(straight, cache), check=True, capture_output=True, env=ENV, timeout=300)
     cmd = command(killed, cache)
 
-    # 1. before the first checkpoint (step 20): a stale log of a run with nothing to resume
+    # 1. before the first checkpoint (step 12): a stale log of a run with nothing to resume
     kill_when(cmd, lambda: any(r.get("step", 0) >= 2 for r in records(killed)))
     assert not (killed / "checkpoint").exists() and records(killed)
 
@@ -61,13 +61,13 @@ def test_kills_before_the_first_checkpoint_during_a_checkpoint_write_and_mid_run
     assert not (killed / "checkpoint").exists() and (killed / "checkpoint.tmp" / "complete").exists()
 
     # 3. mid-run, past the checkpoint, so the log holds steps the resumed run repeats
-    kill_when(cmd, lambda: any(r.get("step", 0) >= 25 and "loss" in r for r in records(killed)))
+    kill_when(cmd, lambda: any(r.get("step", 0) >= 15 and "loss" in r for r in records(killed)))
 
     subprocess.run(cmd, check=True, capture_output=True, env=ENV, timeout=300)
     got, want = records(killed), records(straight)
     steps = [r["step"] for r in got if "loss" in r]
-    assert steps == list(range(1, 41))  # every step exactly once, in order
-    assert [r["step"] for r in got if "dev_nll" in r] == [20, 40]
+    assert steps == list(range(1, 25))  # every step exactly once, in order
+    assert [r["step"] for r in got if "dev_nll" in r] == [12, 24]
     assert sum("final" in r for r in got) == 1
     assert [r["loss"] for r in got if "loss" in r] == [r["loss"] for r in want if "loss" in r]
     assert [r["dev_nll"] for r in got if "dev_nll" in r] == [r["dev_nll"] for r in want if "dev_nll" in r]

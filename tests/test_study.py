@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import shlex
 
 import pytest
 from typer.testing import CliRunner
@@ -63,6 +62,7 @@ def test_smoke_heads_study_table_and_resume(tmp_path):
         last = doc["dev_bleu_by_step"][point]["20"]
         assert sorted(last) == sorted(r["dev_bleu"] for r in doc["runs"] if r["point"] == point)
     assert "test sent/s" in md  # each run's own evaluation speed, until the points are timed together
+    check_paired_bootstrap(doc, md)
     again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--time-decoding")
     assert again.exit_code == 0 and "4 runs (4 finished)" in again.output.replace("\n", "")
     assert "run 1/" not in again.output  # nothing retrained
@@ -76,71 +76,23 @@ def test_smoke_heads_study_table_and_resume(tmp_path):
         assert f"| {speed['sent_per_s'][point]:.1f} | 2 |" in md
     other = smoke(tmp_path, "heads", "--values", "1,2", "--out", out)
     assert other.exit_code == 2 and "different plan" in other.output
-
-
-def test_every_point_is_tested_against_the_reference_by_paired_bootstrap(tmp_path):
-    """sacreBLEU's paired bootstrap, seed k against seed k and pooled over seeds; identical
-    hypotheses would give p = 1 / 1001, so real p-values in (0, 1] and the BLEU deltas are checked."""
-    out = tmp_path / "heads"
-    r = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--reference", "heads=4")
-    assert r.exit_code == 0, r.output
-    doc = json.loads((out / "results.json").read_text())
-    test = doc["significance"]["heads=1"]
-    assert list(doc["significance"]) == ["heads=1"] and test["seeds"] == [1, 2]
-    bleu = {(row["point"], row["seed"]): row["test_bleu"] for row in doc["runs"]}
-    for seed in (1, 2):  # the test set's BLEU as sacreBLEU's test recomputes it, and its difference
-        t = test["per_seed"][str(seed)]
-        assert t["bleu"] == pytest.approx(bleu["heads=1", seed], abs=0.01)
-        assert t["delta"] == pytest.approx(bleu["heads=1", seed] - bleu["heads=4", seed], abs=0.02)
-        assert 0 < t["p"] <= 1
-    assert 0 < test["pooled"]["p"] <= 1
-    md = (out / "results.md").read_text()
-    assert "Δ BLEU vs heads=4 (p pooled; per seed)" in md and "| reference |" in md
     bad = smoke(tmp_path, "heads", "--values", "1,4", "--out", tmp_path / "other", "--reference", "heads=8")
     assert bad.exit_code == 2 and "not a point of this study" in bad.output
 
 
-def test_print_commands_runs_are_collected(tmp_path):
-    out = tmp_path / "wiring"
-    r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--print-commands")
-    assert r.exit_code == 0, r.output
-    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("encdec train")]
-    assert len(commands) == 2
-    for i, cmd in enumerate(commands):  # what a scheduler would run
-        done = run(*cmd[1:])
-        assert done.exit_code == 0, done.output
-        if i == 0:  # one run done, one to go: --collect reports it and trains nothing
-            partial = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--collect")
-            assert partial.exit_code == 0 and "1 unfinished runs left alone" in partial.output.replace("\n", "")
-            assert not (out / "wiring=dense/seed-1/metrics.jsonl").exists()
-            assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final"]
-    r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out)
-    assert r.exit_code == 0 and "2 runs (2 finished)" in r.output.replace("\n", "")
-    assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final", "dense"]
-
-
-def test_study_on_a_local_ray_instance(tmp_path):
-    pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[dev])")
-    out = tmp_path / "depth"
-    r = smoke(tmp_path, "depth", "--values", "1,2-1", "--seeds", "1", "--out", out, "--executor", "ray",
-              "--cpus-per-run", "1", "--set", "model.norm=pre")
-    assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(row["n_enc"], row["n_dec"]) for row in rows] == [("1", "1"), ("2", "1")]
-    config = json.loads((out / "depth=2-1/seed-1/config.json").read_text())
-    assert config["model"]["norm"] == "pre"  # a --set change reaches every run and the table's title
-    assert (out / "results.md").read_text().startswith("### synthetic:reverse, tiny base + model.norm=pre, ")
-
-
-def test_study_mistakes(tmp_path):
-    for args, fragment in ((["grid", "--axis", "heads=1"], "two or more"),
-                           (["heads", "--values", "3"], "not divisible"),
-                           (["depth", "--values", "two"], "expected an integer"),
-                           (["heads", "--executor", "slurm"], "choose local or ray"),
-                           (["heads", "--set", "model.n_heads=2"], "the study sets model.n_heads"),
-                           (["depth", "--set", "train.seed=7"], "the study sets train.seed")):
-        r = smoke(tmp_path, *args, "--out", tmp_path / "x")
-        assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, (args, r.output)
+def check_paired_bootstrap(doc: dict, md: str) -> None:
+    """Every point against the reference (the first, heads=1) by sacreBLEU's paired bootstrap, seed k
+    against seed k and pooled over seeds: the BLEU it recomputes, the difference, p in (0, 1]."""
+    test = doc["significance"]["heads=4"]
+    assert list(doc["significance"]) == ["heads=4"] and test["seeds"] == [1, 2]
+    bleu = {(row["point"], row["seed"]): row["test_bleu"] for row in doc["runs"]}
+    for seed in (1, 2):
+        t = test["per_seed"][str(seed)]
+        assert t["bleu"] == pytest.approx(bleu["heads=4", seed], abs=0.01)
+        assert t["delta"] == pytest.approx(bleu["heads=4", seed] - bleu["heads=1", seed], abs=0.02)
+        assert 0 < t["p"] <= 1
+    assert 0 < test["pooled"]["p"] <= 1
+    assert "Δ BLEU vs heads=1 (p pooled; per seed)" in md and "| reference |" in md
 
 
 def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp_path):

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import html
 import math
+import multiprocessing
 import os
 import re
 import statistics
@@ -283,23 +284,51 @@ def aligned_verses() -> list[tuple[list[Ref], list[Ref], str, str, str]]:
     books, es_raw = read_module(MODULES["es"])
     _, en_raw = read_module(MODULES["en"])
     _, kjv_raw = read_module(MODULES["kjv"])
-    es = {r: fix_spanish(clean_osis(t)) for r, t in es_raw.items()}
-    en = {r: clean_osis(t) for r, t in en_raw.items()}
-    kjv = {r: clean_osis(t) for r, t in kjv_raw.items()}
+    es = dict(zip(es_raw, _map(_clean_spanish, list(es_raw.values()))))
+    en = dict(zip(en_raw, _map(clean_osis, list(en_raw.values()))))
+    kjv = dict(zip(kjv_raw, _map(clean_osis, list(kjv_raw.values()))))
     es = {r: t for r, t in es.items() if t}
     en = {r: t for r, t in en.items() if t}
     costs = estimate_costs(es, en)
+    by_book: dict[str, tuple[list[Verse], list[Verse]]] = {book: ([], []) for book in books}
+    for side, verses in ((0, es), (1, en)):
+        for r, t in verses.items():
+            if r[0] in by_book:
+                by_book[r[0]][side].append(Verse(r, t))
+    jobs = [(es_v, en_v, costs) for es_v, en_v in by_book.values() if es_v and en_v]
     out = []
-    for book in books:
-        es_v = [Verse(r, t) for r, t in es.items() if r[0] == book]
-        en_v = [Verse(r, t) for r, t in en.items() if r[0] == book]
-        if not es_v or not en_v:
-            continue
-        for a, b in align_book(es_v, en_v, costs):
+    # one book per task, largest first, so that the last task to finish is a small one
+    for links in _map(_align_job, jobs, sizes=[len(es_v) for es_v, _, _ in jobs]):
+        for a, b in links:
             en_refs = [v.ref for v in b]
             k = " ".join(kjv.get(r, "") for r in en_refs).strip()
             out.append(([v.ref for v in a], en_refs, " ".join(v.text for v in a), " ".join(v.text for v in b), k))
     return out
+
+
+def _clean_spanish(raw: str) -> str:
+    return fix_spanish(clean_osis(raw))
+
+
+def _align_job(job: tuple[list[Verse], list[Verse], AlignCosts]) -> list[tuple[list[Verse], list[Verse]]]:
+    return align_book(*job)
+
+
+def _map(fn, items: list, sizes: list[int] | None = None) -> list:
+    """[fn(x) for x in items] on every core this process may use: the same list on any number of
+    cores. With `sizes`, one item per task, largest first; else the items in chunks. The workers
+    are forked and run pure Python on what they inherit."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if cores < 2 or len(items) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(x) for x in items]
+    order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes else list(range(len(items)))
+    chunk = 1 if sizes else max(1, len(items) // (8 * cores))
+    with multiprocessing.get_context("fork").Pool(min(cores, len(items))) as pool:
+        done = pool.map(fn, [items[i] for i in order], chunksize=chunk)
+    results: list = [None] * len(items)
+    for i, value in zip(order, done):
+        results[i] = value
+    return results
 
 
 def build(links: list | None = None) -> ParallelCorpus:
