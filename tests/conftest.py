@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from encdec.config import ModelConfig
+from encdec.config import NORMS, ModelConfig
 from encdec.data.batching import collate
 from encdec.model import Transformer
 
@@ -39,7 +39,7 @@ def batch():
     return random_batch()
 
 
-@pytest.fixture(params=["post", "pre"])
+@pytest.fixture(params=NORMS)
 def model(request):
     torch.manual_seed(0)
     return Transformer(tiny(norm=request.param)).eval()

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from encdec.cli import app
@@ -86,3 +87,16 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
                              timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed {out} at step {state_step}" in resumed.stderr.replace("\n", "")
+
+
+def test_transformer_base_trains_with_the_papers_recipe(tmp_path):
+    out = tmp_path / "base"
+    r = run("train", "--preset", "transformer-base", "--data", "synthetic:copy", "--steps", "1", "--out", str(out),
+            "--no-evaluate", "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=64",
+            "--set", "train.dev_bleu_sentences=0", "--set", "model.n_enc_layers=1", "--set", "model.n_dec_layers=1",
+            "--set", "model.d_model=64", "--set", "model.d_ff=128")  # a small model, the paper's recipe
+    assert r.exit_code == 0, r.output
+    assert "preset transformer-base trains with the paper's" in r.output
+    tc = json.loads((out / "config.json").read_text())["train"]
+    assert (tc["schedule"], tc["warmup_steps"]) == ("inverse_sqrt", 4000)
+    assert tc["lr"] == pytest.approx(64**-0.5 * 4000**-0.5)  # the paper's peak follows the d_model trained

@@ -59,3 +59,18 @@ def test_json_round_trip_is_strict():
     d["model"]["n_head"] = 3
     with pytest.raises(ValueError, match="unknown keys"):
         from_dict(d)
+
+
+def test_presets_carry_their_training_recipe():
+    from encdec.config import TrainConfig, recipe, run_config
+
+    base = run_config("transformer-base", "bible:es-en", steps=10)
+    assert (base.train.schedule, base.train.warmup_steps) == ("inverse_sqrt", 4000)
+    assert base.train.lr == pytest.approx(512**-0.5 * 4000**-0.5) and base.model.dropout == 0.1
+    big = run_config("transformer-big", "bible:es-en", steps=10)
+    assert big.train.lr == pytest.approx(1024**-0.5 * 4000**-0.5) and big.model.dropout == 0.3
+    small = run_config("small", "bible:es-en", steps=10)
+    assert small.train == TrainConfig(max_steps=10)  # the CPU recipe is TrainConfig's defaults
+    assert recipe("small").name == "cpu" and recipe("transformer-base").name == "paper"
+    overridden = run_config("transformer-base", "bible:es-en", steps=10, overrides=["train.warmup_steps=100"])
+    assert overridden.train.warmup_steps == 100 and overridden.train.schedule == "inverse_sqrt"

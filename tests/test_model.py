@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from encdec.config import WIRINGS
+from encdec.config import NORMS, WIRINGS
 from encdec.data.vocab import PAD
 from encdec.model import Transformer, attend
 
@@ -33,7 +33,7 @@ def test_incremental_equals_full_across_cache_growth_and_chunks(capacity, chunk)
 
 
 @pytest.mark.parametrize("wiring", WIRINGS)
-@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("depths", [(2, 2), (3, 2)])
 def test_incremental_equals_full(wiring, norm, depths):
     torch.manual_seed(0)

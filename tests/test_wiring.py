@@ -4,8 +4,9 @@ states its scheme wires to it (states[0] = embeddings, states[N] = final output 
 import pytest
 import torch
 
+from encdec.config import NORMS, WIRINGS
 from encdec.model import Transformer
-from encdec.wiring import default_layer_map
+from encdec.wiring import default_layer_map, sources
 
 from conftest import random_batch, tiny
 
@@ -24,7 +25,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("n_enc, n_dec, wiring", list(EXPECTED))
-@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("norm", NORMS)
 def test_cross_attention_gradient_reaches_exactly_the_wired_layers(n_enc, n_dec, wiring, norm):
     torch.manual_seed(0)
     model = Transformer(tiny(n_enc_layers=n_enc, n_dec_layers=n_dec, wiring=wiring, norm=norm)).eval()
@@ -89,3 +90,48 @@ def test_default_layer_map():
     assert default_layer_map(6, 3) == (2, 4, 6)
     assert default_layer_map(3, 6) == (1, 1, 2, 2, 3, 3)
     assert default_layer_map(6, 1) == (6,)
+
+
+# every scheme of the table, with the default states and with chosen ones: the gradient reaches
+# exactly the states the table declares (`wiring.sources`), so a new scheme is checked here too
+VARIANTS = [(w, None) for w in WIRINGS] + [("dense", (0, 3)), ("dense", (3,)), ("mix", (0, 3)), ("mix", (0, 1, 3))]
+
+
+@pytest.mark.parametrize("wiring, states", VARIANTS)
+def test_every_scheme_reads_exactly_what_the_table_declares(wiring, states):
+    torch.manual_seed(0)
+    model = Transformer(tiny(n_enc_layers=3, n_dec_layers=2, wiring=wiring, memory_states=states)).eval()
+    batch = random_batch()
+    enc_states, _ = model.encode(batch.src, batch.src_mask)
+    enc_states = [s.detach().requires_grad_() for s in enc_states]
+    memories, memory_mask = model.wiring(enc_states, batch.src_mask)
+    y = torch.randn(batch.src.size(0), 5, 32)
+    for i, layer in enumerate(model.decoder):
+        k, v = layer.cross_attn.project_memory(memories[i])
+        out, _ = layer.cross_attn(y, k, v, memory_mask)
+        grads = torch.autograd.grad(out.sum(), enc_states, allow_unused=True, retain_graph=True)
+        reached = {j for j, g in enumerate(grads) if g is not None and g.abs().sum() > 0}
+        assert reached == set(sources(model.cfg, i)), f"decoder layer {i}"
+    if states is not None:
+        assert set(sources(model.cfg, 0)) == set(states)
+
+
+def test_dense_over_chosen_states_has_one_layer_embedding_and_memory_block_each():
+    model = Transformer(tiny(n_enc_layers=3, wiring="dense", memory_states=(0, 3))).eval()
+    batch = random_batch()
+    assert model.wiring.layer_emb.shape == (2, 32)
+    out = model(batch.src, batch.src_mask, batch.tgt_in, return_attn=True)
+    assert out.cross_attn[0].size(-1) == 2 * batch.src.size(1)
+    mix = Transformer(tiny(n_enc_layers=3, wiring="mix", memory_states=(0, 1, 3)))
+    assert mix.wiring.mix_weights().shape == (2, 3)
+
+
+@pytest.mark.parametrize("states, wiring, message", [
+    ((), "dense", "reads nothing"),
+    ((1, 1), "dense", "names a state twice"),
+    ((0, 4), "mix", "out of range"),
+    ((0, 3), "final", "used by the mix and dense"),
+])
+def test_memory_states_are_validated(states, wiring, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(n_enc_layers=3, wiring=wiring, memory_states=states)

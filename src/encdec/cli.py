@@ -27,6 +27,7 @@ from encdec.config import (
     apply_overrides,
     load_json,
     preset,
+    recipe,
     run_config,
 )
 from encdec.config import until_converged as config_until_converged
@@ -65,7 +66,10 @@ def data(source: str = typer.Argument("bible:es-en", help="bible:es-en | text:SR
 @app.command()
 def train(
     out: Path = typer.Option(Path("runs/main"), help="Run folder; rerunning the same command resumes it."),
-    preset_name: str = typer.Option("small", "--preset", help=f"Model preset: {', '.join(MODEL_PRESETS)}."),
+    preset_name: str = typer.Option("small", "--preset", help=f"Model preset: {', '.join(MODEL_PRESETS)}. "
+                                    "transformer-base/big train with the paper's recipe (inverse-sqrt schedule, "
+                                    "4,000 warm-up steps), the others with the CPU recipe; `encdec params PRESET` "
+                                    "says which."),
     data: str = typer.Option("bible:es-en", help="Corpus: bible:es-en | text:SRC,TGT | synthetic:TASK."),
     minutes: float | None = typer.Option(None, help="Training budget in minutes, evaluation excluded (30 if no "
                                                     "budget is given)."),
@@ -115,6 +119,8 @@ def train(
             if not any(budget.values()):
                 budget["minutes"] = 30.0
             cfg = run_config(preset_name, data, vocab_size=vocab_size, **budget, overrides=list(set_))
+            log(f"preset {preset_name} trains with {recipe(preset_name).describe}"
+                + (" (then --set)" if set_ else ""))
         cfg = replace(cfg, train=replace(cfg.train, precision=precision or cfg.train.precision,
                                          accum=cfg.train.accum if accum is None else accum))
         if until_converged:
@@ -251,9 +257,11 @@ def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
         fail(str(e))
     result = calculate(m, preset_name, src_len)
     if as_json:
-        print(json.dumps({"preset": preset_name, "config": m.__dict__, **result}, indent=2, default=str))
+        print(json.dumps({"preset": preset_name, "config": m.__dict__, "recipe": recipe(preset_name).name, **result},
+                         indent=2, default=str))
         return
     show(model_table(preset_name, m, result))
+    print(f"training recipe: {recipe(preset_name).describe}")
     if "cross_attention_flops" in result:
         fl = result["cross_attention_flops"]
         print(f"cross-attention ({m.wiring}, source of {src_len} tokens, {fl['memory_positions']} memory positions): "

@@ -19,7 +19,7 @@ from typing import Any, Literal
 # Every option list is one Literal; the tuple of its names (for validation, CLI help, tests and
 # analysis defaults) is derived from it, never kept in step by hand.
 Wiring = Literal["final", "layerwise", "mix", "dense"]
-Norm = Literal["post", "pre"]
+Norm = Literal["post", "pre", "deepnorm"]
 Positions = Literal["sinusoidal", "learned"]
 Activation = Literal["relu", "gelu"]
 SpmModel = Literal["unigram", "bpe"]
@@ -78,6 +78,7 @@ class ModelConfig:
     max_len: int = 1024
     wiring: Wiring = "final"
     layer_map: tuple[int, ...] | None = None  # layerwise only: encoder layer (1-based) read by each decoder layer
+    memory_states: tuple[int, ...] | None = None  # mix / dense: which of states[0..N] they read (0 = embeddings)
     positions: Positions = "sinusoidal"  # learned: a max_len x d_model table (BERT, GPT)
     activation: Activation = "relu"  # of the feed-forward layer
     n_segments: int = 0  # segment (token type) embeddings added to the input (BERT: 2)
@@ -121,6 +122,18 @@ class ModelConfig:
                     f"model.layer_map entries {bad} are out of range: "
                     f"encoder layers are numbered 1..{self.n_enc_layers}"
                 )
+        if self.memory_states is not None:
+            states = list(self.memory_states)
+            if self.wiring not in ("mix", "dense"):
+                raise ValueError(f"model.memory_states is used by the mix and dense wirings (got {self.wiring!r})")
+            if not states:
+                raise ValueError("model.memory_states=[] reads nothing; give at least one state")
+            if len(set(states)) != len(states):
+                raise ValueError(f"model.memory_states={states} names a state twice")
+            bad = [j for j in states if not 0 <= j <= self.n_enc_layers]
+            if bad:
+                raise ValueError(f"model.memory_states entries {bad} are out of range: the states are numbered "
+                                 f"0 (embeddings) .. {self.n_enc_layers} (Z)")
 
     @property
     def kind(self) -> str:
@@ -275,16 +288,52 @@ def until_converged(cfg: RunConfig, *, cap: int | None = None) -> RunConfig:
                                       max_steps=cap or UNTIL_CONVERGED["max_steps"]))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a preset trains: TrainConfig fields that differ from TrainConfig's defaults (the CPU recipe)."""
+
+    name: str
+    describe: str
+    fields: Any  # ModelConfig -> dict of TrainConfig fields
+
+
+WARMUP_PAPER = 4000
+RECIPES = {
+    "cpu": Recipe("cpu", "the CPU main job's, measured on bible:es-en (docs/findings.md section 1): linear "
+                         "warm-up over 150 steps to a peak lr of 2e-3, linear decay to zero at the end of the "
+                         "budget, label smoothing 0.1, AdamW 0.9/0.98/1e-9", lambda m: {}),
+    "paper": Recipe("paper", "the paper's (Vaswani et al. 2017, section 5.3): inverse-square-root schedule, "
+                             f"{WARMUP_PAPER} warm-up steps, peak lr d_model^-0.5 * {WARMUP_PAPER}^-0.5, "
+                             "label smoothing 0.1, Adam 0.9/0.98/1e-9",
+                    lambda m: {"schedule": "inverse_sqrt", "warmup_steps": WARMUP_PAPER,
+                               "lr": m.d_model**-0.5 * WARMUP_PAPER**-0.5, "label_smoothing": 0.1,
+                               "adam_betas": (0.9, 0.98), "adam_eps": 1e-9}),
+}
+PRESET_RECIPES = {"transformer-base": "paper", "transformer-big": "paper"}  # every other preset: "cpu"
+
+
+def recipe(preset_name: str) -> Recipe:
+    """The recipe a preset trains with (its dropout is part of the preset itself)."""
+    return RECIPES[PRESET_RECIPES.get(preset_name, "cpu")]
+
+
 def run_config(preset_name: str, source: str, *, vocab_size: int | None = None, steps: int = 0, minutes: float = 0.0,
                epochs: int = 0, overrides: list[str] | None = None) -> RunConfig:
-    """A RunConfig from a model preset, a data source and a budget, then `overrides`.
+    """A RunConfig from a model preset and its training recipe, a data source and a budget, then
+    `overrides` (which reach every field, the recipe's too).
 
     The presets' vocabulary sizes are the paper's (for `encdec params`); training learns its own
     joint vocabulary: 8000 pieces for real corpora, at most 64 for the synthetic tasks."""
     vs = vocab_size or (64 if source.startswith("synthetic:") else 8000)
-    cfg = RunConfig(model=replace(preset(preset_name), vocab_size=vs), data=DataConfig(source=source, vocab_size=vs),
-                    train=TrainConfig(max_steps=steps, max_minutes=minutes, max_epochs=epochs))
-    return apply_overrides(cfg, overrides or [])
+    overrides = overrides or []
+    model_overrides = [o for o in overrides if o.strip().startswith("model.")]
+    cfg = apply_overrides(RunConfig(model=replace(preset(preset_name), vocab_size=vs),
+                                    data=DataConfig(source=source, vocab_size=vs),
+                                    train=TrainConfig(max_steps=steps, max_minutes=minutes, max_epochs=epochs)),
+                          model_overrides)
+    # the recipe sees the model as overridden (the paper's peak lr follows d_model), then the rest applies
+    cfg = replace(cfg, train=replace(cfg.train, **recipe(preset_name).fields(cfg.model)))
+    return apply_overrides(cfg, [o for o in overrides if o not in model_overrides])
 
 
 # --- strict overrides ----------------------------------------------------------------------

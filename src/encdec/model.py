@@ -163,10 +163,35 @@ class FeedForward(nn.Module):
         return self.w2(self.act(self.w1(x)))
 
 
+def deepnorm_coefficients(n_enc: int, n_dec: int) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """DeepNorm's (alpha, beta) for the encoder and the decoder stack (None for an absent stack).
+
+    DeepNet (Wang et al. 2022, arXiv 2203.00555, Figure 2 and its table of constants; the same
+    in its reference code, torchscale): a post-LN sublayer computes LN(alpha * x + G(x)), and the
+    feed-forward, value and output projections start at beta times their Xavier initialisation.
+    Encoder-decoder with N encoder and M decoder layers: encoder alpha = 0.81 (N^4 M)^(1/16),
+    beta = 0.87 (N^4 M)^(-1/16); decoder alpha = (3M)^(1/4), beta = (12M)^(-1/4). One stack of
+    L layers (encoder-only or decoder-only): alpha = (2L)^(1/4), beta = (8L)^(-1/4).
+    """
+    n, m = n_enc, n_dec
+    if n and m:
+        return (0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)), ((3 * m) ** 0.25, (12 * m) ** -0.25)
+    single = ((2 * (n or m)) ** 0.25, (8 * (n or m)) ** -0.25)
+    return (single, None) if n else (None, single)
+
+
+def _residual_alpha(cfg: ModelConfig, stack: int) -> float:
+    """alpha of stack 0 (encoder) or 1 (decoder): DeepNorm's, else 1 (plain residual)."""
+    if cfg.norm != "deepnorm":
+        return 1.0
+    return deepnorm_coefficients(cfg.n_enc_layers, cfg.n_dec_layers)[stack][0]
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pre = cfg.norm == "pre"
+        self.alpha = _residual_alpha(cfg, 0)  # DeepNorm scales the residual; 1 for post/pre-LN
         self.self_attn = SelfAttention(cfg)
         self.ffn = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
@@ -179,16 +204,17 @@ class EncoderLayer(nn.Module):
             a, w = self.self_attn(self.norm1(x), mask, causal=False, need_weights=need_weights)
             x = x + self.drop(a)
             return x + self.drop(self.ffn(self.norm2(x))), w
-        # post-LN, as in the paper: LayerNorm(x + Sublayer(x))
+        # post-LN, as in the paper: LayerNorm(x + Sublayer(x)); DeepNorm: LayerNorm(alpha x + Sublayer(x))
         a, w = self.self_attn(x, mask, causal=False, need_weights=need_weights)
-        x = self.norm1(x + self.drop(a))
-        return self.norm2(x + self.drop(self.ffn(x))), w
+        x = self.norm1(_scaled(x, self.alpha) + self.drop(a))
+        return self.norm2(_scaled(x, self.alpha) + self.drop(self.ffn(x))), w
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pre = cfg.norm == "pre"
+        self.alpha = _residual_alpha(cfg, 1)
         self.self_attn = SelfAttention(cfg)
         self.ffn = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
@@ -210,11 +236,15 @@ class DecoderLayer(nn.Module):
                 y = y + self.drop(c)
             return y + self.drop(self.ffn(self.norm3(y))), ws, wc
         a, ws = self.self_attn(y, None, causal=True, past=past, need_weights=need_weights)
-        y = self.norm1(y + self.drop(a))
+        y = self.norm1(_scaled(y, self.alpha) + self.drop(a))
         if self.cross_attn is not None:
             c, wc = self.cross_attn(y, cross_k, cross_v, memory_mask, need_weights)
-            y = self.norm2(y + self.drop(c))
-        return self.norm3(y + self.drop(self.ffn(y))), ws, wc
+            y = self.norm2(_scaled(y, self.alpha) + self.drop(c))
+        return self.norm3(_scaled(y, self.alpha) + self.drop(self.ffn(y))), ws, wc
+
+
+def _scaled(x: Tensor, alpha: float) -> Tensor:
+    return x if alpha == 1.0 else alpha * x
 
 
 def sinusoids(length: int, d_model: int) -> Tensor:
@@ -266,6 +296,26 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
         # std D^-0.5, so the sqrt(D)-scaled embedding has unit scale (and the tied output layer stays small)
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)
+        if self.cfg.norm == "deepnorm":
+            self._deepnorm_init()
+
+    @torch.no_grad()
+    def _deepnorm_init(self) -> None:
+        """DeepNorm's beta: the feed-forward, value and output projections of every attention
+        (self and cross) start at beta times their Xavier initialisation; queries and keys
+        keep theirs (Wang et al. 2022, `deepnorm_coefficients`)."""
+        inner = self.cfg.inner_dim
+        coeffs = deepnorm_coefficients(self.cfg.n_enc_layers, self.cfg.n_dec_layers)
+        for layers, c in ((self.encoder, coeffs[0]), (self.decoder, coeffs[1])):
+            for layer in layers:
+                beta = c[1]
+                layer.self_attn.qkv.weight[2 * inner :].mul_(beta)  # (3I, D): the rows of V
+                layer.self_attn.out.weight.mul_(beta)
+                layer.ffn.w1.weight.mul_(beta)
+                layer.ffn.w2.weight.mul_(beta)
+                if getattr(layer, "cross_attn", None) is not None:
+                    layer.cross_attn.kv.weight[inner:].mul_(beta)  # (2I, D): the rows of V
+                    layer.cross_attn.out.weight.mul_(beta)
 
     def set_head_mask(self, mask: dict[str, Tensor] | None) -> None:
         """Gate heads: mask["enc"] (n_enc, H), mask["dec"] (n_dec, H), mask["cross"] (n_dec, H).

@@ -328,7 +328,7 @@ def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
 
     For mix: a table of decoder layer x encoder state 0..N (0 = the embedding output)."""
     from encdec.checkpoint import load_run
-    from encdec.wiring import sources
+    from encdec.wiring import memory_states, sources
 
     try:
         cfg, model = load_run(checkpoint, weights=weights)
@@ -348,7 +348,7 @@ def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
         return
     t = Table(title=f"{checkpoint}: learned mix weights (rows: decoder layer; columns: encoder state)")
     t.add_column("decoder layer")
-    for j in range(m.n_enc_layers + 1):
+    for j in memory_states(m):
         t.add_column("emb" if j == 0 else f"enc{j}", justify="right")
     for i, row in enumerate(result["mix_weights"]):
         t.add_row(f"dec{i + 1}", *(f"{x:.3f}" for x in row))

@@ -74,16 +74,16 @@ def cross_attention_flops(cfg: ModelConfig, src_len: int) -> dict:
     projection of its memory, plus building the memories (the `mix` weighted sums, `dense`
     layer embeddings).
     """
-    from encdec.wiring import memory_length_factor
+    from encdec.wiring import memory_length_factor, memory_states
 
-    D, inner, n_dec, n_enc = cfg.d_model, cfg.inner_dim, cfg.n_dec_layers, cfg.n_enc_layers
+    D, inner, n_dec = cfg.d_model, cfg.inner_dim, cfg.n_dec_layers
     mem = src_len * memory_length_factor(cfg)
     per_token = n_dec * (2 * D * inner + 2 * mem * inner + 2 * mem * inner + 2 * inner * D)
     per_sentence = n_dec * 2 * mem * D * 2 * inner
     if cfg.wiring == "mix":
-        per_sentence += n_dec * (n_enc + 1) * src_len * D * 2
+        per_sentence += n_dec * len(memory_states(cfg)) * src_len * D * 2
     if cfg.wiring == "dense":
-        per_sentence += n_enc * src_len * D
+        per_sentence += len(memory_states(cfg)) * src_len * D
     return {"memory_positions": mem, "per_target_token": per_token, "per_source_sentence": per_sentence}
 
 
