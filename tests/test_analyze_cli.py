@@ -23,19 +23,23 @@ def mix_run(tmp_path_factory):
     out = tmp / "run"
     r = run("train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", 40, "--out", out, "--no-evaluate",
             "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=512",
-            "--set", "train.warmup_steps=10", "--set", "train.eval_every=1000", "--set", "model.wiring=mix")
+            "--set", "train.warmup_steps=10", "--set", "train.eval_every=20", "--set", "model.wiring=mix")
     assert r.exit_code == 0, r.output
     return out
 
 
-def test_wiring_prints_the_learned_mix_table(mix_run):
+def test_wiring_prints_the_learned_mix_table(mix_run, tmp_path):
     r = run("analyze", "wiring", "--checkpoint", mix_run, "--json")
     assert r.exit_code == 0
     w = json.loads(r.stdout)["mix_weights"]
     assert len(w) == 2 and all(len(row) == 3 and abs(sum(row) - 1) < 1e-3 for row in w)
     assert any(abs(x - 1 / 3) > 1e-3 for row in w for x in row)  # trained: no longer the uniform start
-    r = run("analyze", "wiring", "--checkpoint", mix_run)
+    r = run("analyze", "wiring", "--checkpoint", mix_run, "--out", tmp_path / "wiring")
     assert "dec1" in r.stdout and "enc2" in r.stdout
+    assert (tmp_path / "wiring" / "mix_weights_vs_step.png").stat().st_size > 0
+    logged = [rec["mix_weights"] for rec in map(json.loads, (mix_run / "metrics.jsonl").read_text().splitlines())
+              if "mix_weights" in rec]
+    assert len(logged) == 2 and logged[0] != logged[1]  # every evaluation (steps 20, 40) logs the moving weights
 
 
 def test_attention_heads_prune_write_their_files(mix_run, tmp_path):

@@ -267,6 +267,8 @@ def evaluate_and_checkpoint(loop: Loop, state: TrainState) -> None:
         state.best, state.best_step = score, state.step
         ckpt.save_weights(loop.model, loop.run / "best.safetensors")
     record = {"step": state.step, "elapsed": round(now() - loop.t_start, 1), **ev}
+    if loop.cfg.model.wiring == "mix":  # how the learned mix moves during training (`encdec analyze wiring`)
+        record["mix_weights"] = [[round(x, 4) for x in row] for row in loop.model.wiring.mix_weights().tolist()]
     ckpt.append_metrics(loop.run, record)
     if loop.board:
         for k, v in ev.items():

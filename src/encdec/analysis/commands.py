@@ -323,11 +323,14 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
 
 @analyze.command()
 def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
+           out: Path = typer.Option(Path("runs/analysis/wiring"), help="Output folder (mix: the plot)."),
            as_json: bool = typer.Option(False, "--json")):
     """What each decoder layer reads; the learned weights of `mix`.
 
-    For mix: a table of decoder layer x encoder state 0..N (0 = the embedding output)."""
-    from encdec.checkpoint import load_run
+    For mix: a table of decoder layer x encoder state (0 = the embedding output), and
+    mix_weights_vs_step.png, the weights at every evaluation of the run (metrics.jsonl)."""
+    from encdec.analysis import plots
+    from encdec.checkpoint import load_run, read_metrics
     from encdec.wiring import memory_states, sources
 
     try:
@@ -353,3 +356,10 @@ def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
     for i, row in enumerate(result["mix_weights"]):
         t.add_row(f"dec{i + 1}", *(f"{x:.3f}" for x in row))
     show(t)
+    history = [(r["step"], r["mix_weights"]) for r in read_metrics(checkpoint) if "mix_weights" in r]
+    if history:
+        path = plots.mix_weights(history, memory_states(m), f"{checkpoint.name}: learned mix weights during training",
+                                 out / "mix_weights_vs_step.png")
+        print(f"wrote {path}")
+    else:
+        print("metrics.jsonl holds no mix weights per evaluation (a run from before they were logged)")

@@ -83,6 +83,24 @@ def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str
     return _save(fig, out / "dev_bleu_vs_step.png")
 
 
+def mix_weights(history: list[tuple[int, list[list[float]]]], states: tuple[int, ...], title: str,
+                path: Path) -> Path:
+    """The `mix` weights against the training step: one panel per decoder layer, one line per state."""
+    steps = [step for step, _ in history]
+    n_dec = len(history[0][1])
+    fig, axes = plt.subplots(1, n_dec, figsize=(3.2 * n_dec + 1, 3.2), squeeze=False, sharey=True)
+    for i, ax in enumerate(axes[0]):
+        for k, j in enumerate(states):
+            ax.plot(steps, [w[i][k] for _, w in history], "o-", ms=3, label="emb" if j == 0 else f"enc{j}")
+        ax.set_title(f"decoder layer {i + 1}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mix weight")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 def head_stats(rows: list[dict], kind: str, title: str, path: Path) -> Path:
     """Panels of layer x head heat maps, one per statistic; the role of each head is written in the first."""
     import numpy as np
