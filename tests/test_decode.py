@@ -12,6 +12,9 @@ from encdec.model import Transformer
 
 from conftest import random_batch, tiny
 
+# every wiring, and SurfaceFusion (its source-side K/V are memory rows of the cache too)
+VARIANTS = [{"wiring": w} for w in WIRINGS] + [{"wiring": "dense", "surface_fusion": 0.2}]
+
 A, B_ = 4, 5  # the two real tokens of the scripted model (vocabulary of 6)
 
 # next-token probabilities given the tokens generated so far
@@ -99,10 +102,10 @@ def test_length_penalty_values():
     assert length_penalty(9, 0.0) == 1.0
 
 
-@pytest.mark.parametrize("wiring", WIRINGS)
-def test_beam_one_equals_greedy(wiring):
+@pytest.mark.parametrize("changes", VARIANTS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_beam_one_equals_greedy(changes):
     torch.manual_seed(1)
-    model = Transformer(tiny(wiring=wiring)).eval()
+    model = Transformer(tiny(**changes)).eval()
     batch = random_batch(seed=3)
     g = greedy(model, batch.src, batch.src_mask, max_extra=6)
     b = beam_search(model, batch.src, batch.src_mask, beam=1, alpha=0.0, max_extra=6)
@@ -165,17 +168,17 @@ class EosProne(Transformer):
     """An untrained model rarely ends a sentence; this one gives EOS a bonus that varies with the
     decoder state, so hypotheses finish at many different steps."""
 
-    def logits(self, y):
-        out = super().logits(y)  # (B, T, V)
+    def logits(self, y, surface=None):
+        out = super().logits(y, surface)  # (B, T, V)
         return out + F.one_hot(torch.tensor(EOS), out.size(-1)) * (4.0 * y[..., :1] + 1.0)
 
 
-@pytest.mark.parametrize("wiring", WIRINGS)
-def test_batched_beam_search_equals_the_reference(wiring):
+@pytest.mark.parametrize("changes", VARIANTS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_batched_beam_search_equals_the_reference(changes):
     """The fast path (shared memory per sentence, reused cache buffers, vectorised steps, top-k on
     raw logits) finds exactly the hypotheses of the plain one-sentence-at-a-time search."""
     torch.manual_seed(5)
-    model = EosProne(tiny(wiring=wiring)).eval()
+    model = EosProne(tiny(**changes)).eval()
     batch = random_batch(seed=6, n=5)
     fast = beam_search(model, batch.src, batch.src_mask, beam=3, alpha=0.6, max_extra=4, nbest=3)
     ref = reference_beam_search(model, batch.src, batch.src_mask, beam=3, alpha=0.6, max_extra=4)

@@ -35,6 +35,9 @@ class DecoderCache:
     layers: list[LayerCache]
     memory_mask: Tensor  # (Bm, S') bool, True = real source position
     length: int = 0  # target tokens already decoded (the next token's position)
+    # SurfaceFusion's (k (Bm, 1, S, D), v, src_mask (Bm, S)) of the source embeddings, or None;
+    # memory rows like the cross K/V
+    surface: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -95,7 +98,8 @@ class DecoderCache:
         spares = into.layers if into is not None else [None] * len(self.layers)
         layers = [LayerCache(pick_filled(c.k, s and s.k), pick_filled(c.v, s and s.v), pick(c.cross_k), pick(c.cross_v))
                   for c, s in zip(self.layers, spares)]
-        return DecoderCache(layers, pick(self.memory_mask), self.length)
+        surface = None if self.surface is None else tuple(pick(t) for t in self.surface)
+        return DecoderCache(layers, pick(self.memory_mask), self.length, surface)
 
 
 def empty_self_cache(batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> Tensor:

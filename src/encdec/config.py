@@ -79,6 +79,7 @@ class ModelConfig:
     wiring: Wiring = "final"
     layer_map: tuple[int, ...] | None = None  # layerwise only: encoder layer (1-based) read by each decoder layer
     memory_states: tuple[int, ...] | None = None  # mix / dense: which of states[0..N] they read (0 = embeddings)
+    surface_fusion: float = 0.0  # SurfaceFusion's lambda (Liu et al. 2021; 0 = off, the paper: 0.2)
     positions: Positions = "sinusoidal"  # learned: a max_len x d_model table (BERT, GPT)
     activation: Activation = "relu"  # of the feed-forward layer
     n_segments: int = 0  # segment (token type) embeddings added to the input (BERT: 2)
@@ -122,6 +123,10 @@ class ModelConfig:
                     f"model.layer_map entries {bad} are out of range: "
                     f"encoder layers are numbered 1..{self.n_enc_layers}"
                 )
+        if not 0.0 <= self.surface_fusion < 1.0:
+            raise ValueError(f"model.surface_fusion={self.surface_fusion} must be in [0, 1) (0 = off)")
+        if self.surface_fusion and self.kind != "encoder-decoder":
+            raise ValueError("model.surface_fusion needs both an encoder and a decoder")
         if self.memory_states is not None:
             states = list(self.memory_states)
             if self.wiring not in ("mix", "dense"):

@@ -7,6 +7,12 @@ label-smoothed loss and, while training, the gradient of the loss with respect t
 logits, (1 - e) (softmax - onehot) + e (softmax - 1/V), which it immediately multiplies back
 into the gradients of the hidden states and of the output matrix. The backward pass then only
 scales the stored gradients. Same loss as `metrics.sequence_loss` (tested to float tolerance).
+
+With SurfaceFusion (`model.SurfaceFusion`) a second set of rows, the source-side states, goes
+through the same output matrix, and the loss is taken on the fused log-probabilities
+z = (1 - lam) log_softmax(z_dec) + lam log_softmax(z_src). Since the loss's gradient g with
+respect to z sums to zero over the vocabulary, d loss / d z_dec = (1 - lam) g and
+d loss / d z_src = lam g: the same chunked scheme applies to both.
 """
 
 from __future__ import annotations
@@ -19,19 +25,25 @@ CHUNK_ROWS = 1024  # 1024 x 8000 fp32 logits = 33 MB per chunk
 
 class _FusedOutputLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, smoothing: float, chunk: int):
-        """hidden (N, D), weight (V, D), target (N,) -> (smoothed loss sum, NLL sum), fp32 (or fp64) scalars."""
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, smoothing: float, chunk: int,
+                surface: Tensor | None, lam: float):
+        """hidden (N, D), weight (V, D), target (N,), surface (N, D) or None ->
+        (smoothed loss sum, NLL sum), fp32 (or fp64) scalars."""
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[5]
         V = weight.size(0)
         w = weight.to(hidden.dtype)
         acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: fp32 at least
         grad_hidden = torch.empty_like(hidden) if need_grad else None
+        grad_surface = torch.empty_like(surface) if need_grad and surface is not None else None
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad else None
         loss = hidden.new_zeros((), dtype=acc)
         nll = hidden.new_zeros((), dtype=acc)
         for start in range(0, hidden.size(0), chunk):
             h, t = hidden[start : start + chunk], target[start : start + chunk]  # (n, D), (n,)
             z = (h @ w.t()).to(acc)  # (n, V) logits
+            if surface is not None:  # fused log-probabilities
+                hs = surface[start : start + chunk]
+                z = (1 - lam) * torch.log_softmax(z, -1) + lam * torch.log_softmax((hs @ w.t()).to(acc), -1)
             lse = torch.logsumexp(z, dim=-1)  # (n,)
             nll_rows = lse - z.gather(1, t[:, None]).squeeze(1)  # (n,)
             nll = nll + nll_rows.sum()
@@ -41,27 +53,37 @@ class _FusedOutputLoss(torch.autograd.Function):
                 g.sub_(smoothing / V)
                 g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing  # d loss / d logits
                 g = g.to(hidden.dtype)
-                torch.mm(g, w, out=grad_hidden[start : start + chunk])
-                grad_weight.addmm_(g.t().to(acc), h.to(acc))
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                if surface is None:
+                    torch.mm(g, w, out=grad_hidden[start : start + chunk])
+                    grad_weight.addmm_(g.t().to(acc), h.to(acc))
+                else:  # g sums to 0 over the vocabulary: each side's logits get its weight times g
+                    torch.mm(g, w, out=grad_hidden[start : start + chunk]).mul_(1 - lam)
+                    torch.mm(g, w, out=grad_surface[start : start + chunk]).mul_(lam)
+                    grad_weight.addmm_(g.t().to(acc), ((1 - lam) * h.to(acc) + lam * hs.to(acc)))
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_surface)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(nll)
         return loss, nll
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_surface = ctx.saved_tensors
         gh = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
         gw = (grad_weight * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None
+        gs = grad_surface * grad_loss.to(grad_surface.dtype) if ctx.needs_input_grad[5] else None
+        return gh, gw, None, None, None, gs, None
 
 
 def fused_output_loss(hidden: Tensor, weight: Tensor, target: Tensor, *, pad_id: int, smoothing: float,
-                      chunk: int = CHUNK_ROWS) -> tuple[Tensor, Tensor, int]:
+                      chunk: int = CHUNK_ROWS, surface: Tensor | None = None,
+                      lam: float = 0.0) -> tuple[Tensor, Tensor, int]:
     """hidden (B, T, D) final decoder states, weight (V, D) output matrix, target (B, T) ->
-    (smoothed loss sum, NLL sum, number of real tokens), as `metrics.sequence_loss` on the logits."""
+    (smoothed loss sum, NLL sum, number of real tokens), as `metrics.sequence_loss` on the logits.
+
+    `surface` (B, T, D): SurfaceFusion's source-side states, fused with weight `lam`."""
     keep = target != pad_id  # (B, T)
     rows = hidden[keep]  # (N, D) real target positions only: padding costs nothing
+    side = surface[keep] if surface is not None else None
     with torch.autocast(hidden.device.type, enabled=False):
-        loss, nll = _FusedOutputLoss.apply(rows, weight, target[keep], float(smoothing), chunk)
+        loss, nll = _FusedOutputLoss.apply(rows, weight, target[keep], float(smoothing), chunk, side, float(lam))
     return loss, nll.detach(), int(keep.sum())

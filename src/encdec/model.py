@@ -36,6 +36,7 @@ class ModelOutput:
     dec_self_attn: list[Tensor] | None  # per decoder layer (B, H, T, T)
     cross_attn: list[Tensor] | None  # per decoder layer (B, H, T, S')
     hidden: Tensor | None = None  # (B, T, D) final decoder states, the output layer's input
+    surface: Tensor | None = None  # (B, T, D) SurfaceFusion's source-side states (project=False, when enabled)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, causal: bool, dropout: float,
@@ -247,6 +248,40 @@ def _scaled(x: Tensor, alpha: float) -> Tensor:
     return x if alpha == 1.0 else alpha * x
 
 
+class SurfaceFusion(nn.Module):
+    """SurfaceFusion (Liu et al. 2021, "Understanding and Improving Encoder Layer Fusion in
+    Sequence-to-Sequence Learning", ICLR; the released code's `--surfacefusion att --sf-mode hard`):
+    the top decoder state attends with one head over the source token embeddings (scaled like the
+    model's input, no positions), a feed-forward layer turns that into source-side states, the
+    shared output projection gives p_src, and the two distributions are fused hard:
+
+        log p = log_softmax((1 - lambda) log p_dec + lambda log p_src)      (`fuse`)
+
+    lambda = model.surface_fusion (the paper's setting: 0.2, its --sf-gate 0.8 on p_dec). Where
+    the paper leaves a choice, this implements: the attention is a CrossAttention with one head of
+    d_model dimensions (its own output projection), the feed-forward layer is the model's
+    FeedForward (d_ff), and the fused distribution is renormalised (a weighted geometric mean of
+    two distributions sums to less than one)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.lam = cfg.surface_fusion
+        self.attn = CrossAttention(replace(cfg, n_heads=1, d_head=cfg.d_model, surface_fusion=0.0))
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, y: Tensor, k: Tensor, v: Tensor, src_mask: Tensor) -> Tensor:
+        """y (B, T, D) top decoder states, k/v (Bm, 1, S, D) from `attn.project_memory(source
+        embeddings)`, src_mask (Bm, S) -> source-side states (B, T, D)."""
+        context, _ = self.attn(y, k, v, src_mask)
+        return self.ffn(context)
+
+    def fuse(self, dec_logits: Tensor, src_logits: Tensor) -> Tensor:
+        """(..., V) logits of both sides -> (..., V) log-probabilities of the fused distribution."""
+        mixed = (1 - self.lam) * torch.log_softmax(dec_logits.float(), -1) + self.lam * torch.log_softmax(
+            src_logits.float(), -1)
+        return torch.log_softmax(mixed, -1)
+
+
 def sinusoids(length: int, d_model: int) -> Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...) (paper section 3.5). -> (length, D)"""
     pos = torch.arange(length, dtype=torch.float32)[:, None]  # (L, 1)
@@ -286,6 +321,7 @@ class Transformer(nn.Module):
         self.enc_norm = nn.LayerNorm(cfg.d_model) if pre and cfg.n_enc_layers else nn.Identity()
         self.dec_norm = nn.LayerNorm(cfg.d_model) if pre and cfg.n_dec_layers else nn.Identity()
         self.pooler = Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
+        self.surface = SurfaceFusion(cfg) if cfg.surface_fusion > 0 else None
         untied = cfg.n_dec_layers and not cfg.tie_output
         self.out_proj = Linear(cfg.d_model, cfg.vocab_size, bias=False) if untied else None
         self.reset_parameters()
@@ -382,14 +418,32 @@ class Transformer(nn.Module):
         """(V, D): the tied embedding matrix, or out_proj's own."""
         return self.out_proj.weight if self.out_proj is not None else self.embed.weight
 
-    def logits(self, y: Tensor) -> Tensor:
-        """Decoder output (B, T, D) -> (B, T, V) through the tied embedding matrix (or out_proj)."""
+    def logits(self, y: Tensor, surface: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """Decoder output (B, T, D) -> (B, T, V) through the tied embedding matrix (or out_proj).
+
+        With SurfaceFusion, `surface` = (k, v, src_mask) of the source embeddings, and the result
+        is the fused log-probabilities (a log-softmax of them changes nothing)."""
         y = self.dec_norm(y)
+        out = self._project(y)
+        if self.surface is None:
+            return out
+        return self.surface.fuse(out, self._project(self.surface(y, *surface)))
+
+    def _project(self, y: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, V) by the output matrix."""
         if self.out_proj is not None:
             return self.out_proj(y)
         if self.output_fast is None or torch.is_grad_enabled():
             return y @ self.embed.weight.t()
         return self.output_fast.matmul(y.reshape(-1, y.size(-1)), None).view(*y.shape[:-1], -1)
+
+    def _surface_memory(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """SurfaceFusion's (k, v, src_mask): the source token embeddings (sqrt(D)-scaled, no
+        positions) projected once, like a decoder layer's memory; None when it is off."""
+        if self.surface is None:
+            return None
+        emb = self.embed(src) * math.sqrt(self.cfg.d_model)  # (B, S, D)
+        return (*self.surface.attn.project_memory(emb), src_mask)
 
     @contextmanager
     def fast_inference(self) -> Iterator[None]:
@@ -433,9 +487,12 @@ class Transformer(nn.Module):
             self_w.append(ws)
             cross_w.append(wc)
         attn = (enc_w, self_w, cross_w) if return_attn else (None, None, None)
+        surface = self._surface_memory(src, src_mask) if self.encoder else None
         if not project:
-            return ModelOutput(None, *attn, hidden=self.dec_norm(y))
-        return ModelOutput(self.logits(y), *attn)
+            hidden = self.dec_norm(y)
+            return ModelOutput(None, *attn, hidden=hidden,
+                               surface=self.surface(hidden, *surface) if surface is not None else None)
+        return ModelOutput(self.logits(y, surface), *attn)
 
     @torch.no_grad()
     def start_decoding(self, src: Tensor, src_mask: Tensor, capacity: int = 0) -> DecoderCache:
@@ -452,7 +509,8 @@ class Transformer(nn.Module):
             ck, cv = layer.cross_attn.project_memory(memory)
             k, v = (empty_self_cache(B, H, capacity, self.cfg.head_dim, like=memory) for _ in range(2))
             layers.append(LayerCache(k, v, ck, cv))
-        return DecoderCache(layers, memory_mask)
+        surface = self._surface_memory(src, src_mask)
+        return DecoderCache(layers, memory_mask, surface=surface)
 
     @torch.no_grad()
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
@@ -464,4 +522,4 @@ class Transformer(nn.Module):
         y = self._embed(tokens, offset=cache.length)
         for layer, c in zip(self.decoder, cache.layers):
             y, _, _ = layer(y, c.cross_k, c.cross_v, cache.memory_mask, (c.k, c.v, cache.length), False)
-        return self.logits(y), replace(cache, length=cache.length + T)
+        return self.logits(y, cache.surface), replace(cache, length=cache.length + T)

@@ -54,9 +54,10 @@ def train_step(model, batches: list[Batch], opt: torch.optim.Optimizer, lr: floa
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with rt.autocast():
-                hidden = model(batch.src, batch.src_mask, batch.tgt_in, project=False).hidden  # (B, T, D)
-            loss, nll, _ = fused_output_loss(hidden, raw.output_weight, batch.tgt_out, pad_id=PAD,
-                                             smoothing=cfg.label_smoothing)
+                out = model(batch.src, batch.src_mask, batch.tgt_in, project=False)  # hidden (B, T, D)
+            loss, nll, _ = fused_output_loss(out.hidden, raw.output_weight, batch.tgt_out, pad_id=PAD,
+                                             smoothing=cfg.label_smoothing, surface=out.surface,
+                                             lam=raw.cfg.surface_fusion)
             (loss * (dist.world / total)).backward()
         loss_sum += loss.item()
         nll_sum += nll.item()

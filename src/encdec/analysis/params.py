@@ -41,6 +41,7 @@ def count(cfg: ModelConfig) -> dict:
         f"wiring ({cfg.wiring})": n(model.wiring),
         "pooler": n(model.pooler),
         "output projection (untied)": n(model.out_proj),
+        f"SurfaceFusion (lambda {cfg.surface_fusion})": n(model.surface),
     }
     kinds = {"embeddings": parts["embeddings"], "attention": 0, "feed-forward": 0, "norms": 0, "other": 0}
     for module in model.modules():
