@@ -12,7 +12,7 @@ run: setup
 # CPU without native bf16 (where the main suite skips them) still exercises that path.
 test: setup
 	@lscpu | grep 'Model name' || true
-	@grep -o -m1 -E 'avx512_bf16|amx_bf16' /proc/cpuinfo | sed 's/^/native bf16: /' || echo "native bf16: none"
+	@echo "native bf16: $$(grep -o -m1 -E 'avx512_bf16|amx_bf16' /proc/cpuinfo || echo none)"
 	.venv/bin/python -m pytest
 	ENCDEC_FORCE_PRECISION=bf16 .venv/bin/python -m pytest -m bf16
 
