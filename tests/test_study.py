@@ -42,7 +42,10 @@ def test_plan_is_the_cross_product_and_validates_up_front():
         parse_axis("layers=1,2")
 
 
-def test_smoke_heads_study_table_and_resume(tmp_path):
+def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):
+    from encdec import checkpoint
+
+    monkeypatch.setattr(checkpoint, "MILESTONE_BASE", 10)  # a milestone at step 20, the smoke run's only evaluation
     out = tmp_path / "heads"
     r = smoke(tmp_path, "heads", "--values", "1,4", "--out", out)
     assert r.exit_code == 0, r.output
@@ -63,9 +66,14 @@ def test_smoke_heads_study_table_and_resume(tmp_path):
         assert sorted(last) == sorted(r["dev_bleu"] for r in doc["runs"] if r["point"] == point)
     assert "test sent/s" in md  # each run's own evaluation speed, until the points are timed together
     check_paired_bootstrap(doc, md)
-    again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--time-decoding")
+    again = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--time-decoding", "--budget-curves")
     assert again.exit_code == 0 and "4 runs (4 finished)" in again.output.replace("\n", "")
     assert "run 1/" not in again.output  # nothing retrained
+    curves = json.loads((out / "budget_curves.json").read_text())["curves"]
+    for point in ("heads=1", "heads=4"):  # the step-20 milestone is the final weights: the same test BLEU
+        assert sorted(curves[point]["milestones"]["20"]) == sorted(bleu for _, bleu in curves[point]["end"])
+        assert [step for step, _ in curves[point]["end"]] == [20, 20]
+    assert (out / "test_bleu_vs_budget.png").stat().st_size > 0
     speed = json.loads((out / "decode_speed.json").read_text())
     assert set(speed["sent_per_s"]) == {"heads=1", "heads=4"} and speed["sentences"] == 100
     assert all(len(v) == 3 and min(v) > 0 for v in speed["rounds_sent_per_s"].values())

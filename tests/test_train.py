@@ -276,3 +276,15 @@ def test_until_converged_sets_the_patience_schedule_and_cap(tmp_path):
     assert "stopped at step 4: budget" in r.output
     r = CliRunner().invoke(app, args[:-4] + ["--minutes", "5"], catch_exceptions=False)
     assert r.exit_code == 2 and "not --minutes" in r.output
+
+
+def test_milestones_are_steps_1000_times_a_power_of_two():
+    assert [s for s in range(1, 20_000) if ckpt.is_milestone(s)] == [1000, 2000, 4000, 8000, 16000]
+
+
+def test_milestone_weights_are_kept_while_snapshots_rotate(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "MILESTONE_BASE", 2)  # milestones at steps 2, 4, 8 instead of 1000, 2000, 4000
+    fit(copy_config(tmp_path, max_steps=8, eval_every=2), tmp_path / "run", RT, log=lambda m: None, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "milestones").iterdir()) == [
+        "step-0000002.safetensors", "step-0000004.safetensors", "step-0000008.safetensors"]
+    assert [p.name for p in (tmp_path / "run" / "snapshots").iterdir()] == ["step-0000008.safetensors"]

@@ -7,6 +7,7 @@ runs/NAME/
   best.safetensors       weights at the best dev BLEU (or dev loss)
   checkpoint/            latest resumable state: weights + optimizer + RNG + data position
   snapshots/             weights at the last K evaluations (for averaging)
+  milestones/            weights at steps 1k, 2k, 4k, 8k, ... (kept: test BLEU along the budget)
   metrics.jsonl          training log
   tensorboard/           the same log for TensorBoard (when the package is installed)
 """
@@ -159,6 +160,22 @@ def save_snapshot(run: Path, model: torch.nn.Module, step: int, kept: list[str],
         if old.name not in kept:
             old.unlink()
     return kept
+
+
+MILESTONE_BASE = 1000
+
+
+def is_milestone(step: int) -> bool:
+    """Steps 1000 * 2^k: where a run's weights are kept for its budget curve."""
+    q, r = divmod(step, MILESTONE_BASE)
+    return r == 0 and q > 0 and q & (q - 1) == 0
+
+
+def save_milestone(run: Path, model: torch.nn.Module, step: int) -> Path:
+    (run / "milestones").mkdir(exist_ok=True)
+    path = run / "milestones" / f"step-{step:07d}.safetensors"
+    save_weights(model, path)
+    return path
 
 
 def average_snapshots(run: Path, names: list[str], cfg: ModelConfig, device: torch.device) -> Transformer:

@@ -289,6 +289,52 @@ METRICS = ("params", "dev_ppl", "dev_bleu", "test_bleu", "test_chrf", "sent_per_
 SPEED_FILE = "decode_speed.json"
 
 
+CURVES_FILE = "budget_curves.json"
+
+
+def budget_curves(study: StudyPlan, rt: Runtime, *, log=print) -> dict:
+    """Test BLEU of every finished run at each kept milestone (steps 1k, 2k, 4k, ...: see
+    `checkpoint.is_milestone`) and at its end, with the study's beam: does a gap between points
+    close with training? Scores each (run, milestone) once; writes and returns budget_curves.json:
+    {point: {"milestones": {step: [BLEU per seed]}, "end": [[step, BLEU] per seed]}}; the end is
+    the run's final weights at the step where it stopped."""
+    from encdec.checkpoint import load_run, read_metrics
+    from encdec.data import load_corpus
+    from encdec.data.vocab import Vocab
+    from encdec.decode import translate_ids
+    from encdec.evaluation import result_path
+    from encdec.metrics import bleu
+
+    path = study.folder / CURVES_FILE
+    done: dict = json.loads(path.read_text())["scores"] if path.exists() else {}  # "folder|step" -> BLEU
+    data = study.base.data
+    pairs = load_corpus(data.source, data.cache_dir).split("test")
+    pairs = pairs[: study.limit] if study.limit else pairs
+    refs = [p.tgt for p in pairs]
+    curves: dict[str, dict] = {}
+    for run in study.runs:
+        folder = study.folder / run.folder
+        if not is_finished(study.folder, run, study.beam):
+            continue
+        for weights in sorted((folder / "milestones").glob("step-*.safetensors")):
+            step = str(int(weights.stem.split("-")[1]))
+            key = f"{run.folder}|{step}"
+            if key not in done:
+                _, model = load_run(folder, weights=f"milestones/{weights.name}")
+                vocab = Vocab(folder / "vocab.model")
+                hyps = translate_ids(model.to(rt.device), vocab.encode([p.src for p in pairs]), rt, beam=study.beam)
+                done[key] = round(bleu([vocab.decode(h) for h in hyps], [refs]).score, 2)
+                log(f"{run.folder} at step {step}: test BLEU {done[key]}")
+                path.write_text(json.dumps({"scores": done}, indent=2) + "\n")  # progress survives a stop
+            point = curves.setdefault(run.point_name, {"milestones": {}, "end": []})
+            point["milestones"].setdefault(step, []).append(done[key])
+        end_step = next(r["final"]["step"] for r in reversed(read_metrics(folder)) if "final" in r)
+        end_bleu = json.loads(result_path(folder, "test", study.beam).read_text())["bleu"]
+        curves.setdefault(run.point_name, {"milestones": {}, "end": []})["end"].append([end_step, end_bleu])
+    path.write_text(json.dumps({"scores": done, "curves": curves}, indent=2) + "\n")
+    return curves
+
+
 def time_decoding(study_dir: Path, runs: list[StudyRun], beam: int, rt: Runtime, *, sentences: int = 200,
                   rounds: int = 3, log=print) -> dict:
     """Decoding speed of every point, timed together; writes and returns `decode_speed.json`.

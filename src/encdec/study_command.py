@@ -42,6 +42,9 @@ def study(
     collect_only: bool = typer.Option(False, "--collect", help="Train nothing: report the runs finished so far "
                                                               "(e.g. while a scheduler's runs are going)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    budget_curves: bool = typer.Option(False, help="Score the test BLEU of every finished run at its kept "
+                                                   "milestones (steps 1k, 2k, 4k, ...) and plot it against the "
+                                                   "step (budget_curves.json, test_bleu_vs_budget.png)."),
     time_decoding: bool = typer.Option(False, help="Before reporting, time every finished point's decoding "
                                                    "together (200 test sentences, 3 interleaved rounds; run on a "
                                                    "quiet machine): runs made hours apart are not comparable."),
@@ -92,6 +95,12 @@ def study(
                 studies.run_local(plan, todo, runtime(device, plan.base.train.precision), log=log,
                                   status=lambda text: bar.update(task, description=text),
                                   advance=lambda: bar.advance(task))
+        if budget_curves:
+            curves = studies.budget_curves(plan, runtime(device, plan.base.train.precision), log=log)
+            if curves:
+                from encdec.analysis import plots
+
+                log(f"wrote {plots.budget_curves(curves, plan.folder, plan.title)}")
         if time_decoding:
             studies.time_decoding(plan.folder, plan.runs, plan.beam, runtime(device, plan.base.train.precision),
                                   sentences=min(200, plan.limit) if plan.limit else 200, log=log)

@@ -263,6 +263,8 @@ def evaluate_and_checkpoint(loop: Loop, state: TrainState) -> None:
     score = dev_score(ev, loop.subset)
     state.snapshots = ckpt.save_snapshot(loop.run, loop.model, state.step, state.snapshots,
                                          loop.cfg.train.average_last)
+    if ckpt.is_milestone(state.step):  # kept for the budget curve (test BLEU at 1k, 2k, 4k, ... steps)
+        ckpt.save_milestone(loop.run, loop.model, state.step)
     if score > state.best:
         state.best, state.best_step = score, state.step
         ckpt.save_weights(loop.model, loop.run / "best.safetensors")

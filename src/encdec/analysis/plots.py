@@ -83,6 +83,33 @@ def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str
     return _save(fig, out / "dev_bleu_vs_step.png")
 
 
+def budget_curves(curves: dict[str, dict], out: Path, title: str) -> Path:
+    """Test BLEU against training steps per point: milestones (mean ± std over seeds, a band)
+    and each run's end (x at the mean stopping step, horizontal bar = the range of steps)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        steps = sorted(c["milestones"], key=int)
+        means = [statistics.fmean(c["milestones"][k]) for k in steps]
+        stds = [statistics.stdev(c["milestones"][k]) if len(c["milestones"][k]) > 1 else 0.0 for k in steps]
+        xs = [int(k) for k in steps]
+        (line,) = ax.plot(xs, means, "o-", label=name)
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=line.get_color(), alpha=0.2)
+        if c["end"]:
+            end_steps, end_bleu = [e[0] for e in c["end"]], [e[1] for e in c["end"]]
+            x = statistics.fmean(end_steps)
+            ax.errorbar([x], [statistics.fmean(end_bleu)], xerr=[[x - min(end_steps)], [max(end_steps) - x]],
+                        yerr=[statistics.stdev(end_bleu) if len(end_bleu) > 1 else 0.0], fmt="s", capsize=3,
+                        color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training step (squares: where the runs stopped)")
+    ax.set_ylabel("test BLEU (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "test_bleu_vs_budget.png")
+
+
 def mix_weights(history: list[tuple[int, list[list[float]]]], states: tuple[int, ...], title: str,
                 path: Path) -> Path:
     """The `mix` weights against the training step: one panel per decoder layer, one line per state."""
