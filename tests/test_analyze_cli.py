@@ -42,6 +42,7 @@ def test_wiring_prints_the_learned_mix_table(mix_run, tmp_path):
     assert len(logged) == 2 and logged[0] != logged[1]  # every evaluation (steps 20, 40) logs the moving weights
 
 
+@pytest.mark.slow
 def test_attention_heads_prune_write_their_files(mix_run, tmp_path):
     r = run("analyze", "attention", "--checkpoint", mix_run, "--out", tmp_path / "att", "--index", 3)
     assert r.exit_code == 0, r.output

@@ -60,6 +60,7 @@ def _link_with_en(links, ref):
     return next(link for link in links if ref in link[1])
 
 
+@pytest.mark.slow  # its fixture aligns the whole Bible
 @needs_modules
 def test_aligner_repairs_shifted_numbering(links):
     # Num 12:16 (English) is the Spanish module's Num 13:1

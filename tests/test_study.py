@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shlex
 
 import pytest
 from typer.testing import CliRunner
@@ -101,6 +102,50 @@ def check_paired_bootstrap(doc: dict, md: str) -> None:
         assert 0 < t["p"] <= 1
     assert 0 < test["pooled"]["p"] <= 1
     assert "Δ BLEU vs heads=1 (p pooled; per seed)" in md and "| reference |" in md
+
+
+def test_print_commands_runs_are_collected(tmp_path):
+    out = tmp_path / "wiring"
+    r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--print-commands")
+    assert r.exit_code == 0, r.output
+    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("encdec train")]
+    assert len(commands) == 2
+    for i, cmd in enumerate(commands):  # what a scheduler would run
+        done = run(*cmd[1:])
+        assert done.exit_code == 0, done.output
+        if i == 0:  # one run done, one to go: --collect reports it and trains nothing
+            partial = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--collect")
+            assert partial.exit_code == 0 and "1 unfinished runs left alone" in partial.output.replace("\n", "")
+            assert not (out / "wiring=dense/seed-1/metrics.jsonl").exists()
+            assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final"]
+    r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out)
+    assert r.exit_code == 0 and "2 runs (2 finished)" in r.output.replace("\n", "")
+    assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final", "dense"]
+
+
+@pytest.mark.slow
+def test_study_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[dev])")
+    out = tmp_path / "depth"
+    r = smoke(tmp_path, "depth", "--values", "1,2-1", "--seeds", "1", "--out", out, "--executor", "ray",
+              "--cpus-per-run", "1", "--set", "model.norm=pre")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(row["n_enc"], row["n_dec"]) for row in rows] == [("1", "1"), ("2", "1")]
+    config = json.loads((out / "depth=2-1/seed-1/config.json").read_text())
+    assert config["model"]["norm"] == "pre"  # a --set change reaches every run and the table's title
+    assert (out / "results.md").read_text().startswith("### synthetic:reverse, tiny base + model.norm=pre, ")
+
+
+def test_study_mistakes(tmp_path):
+    for args, fragment in ((["grid", "--axis", "heads=1"], "two or more"),
+                           (["heads", "--values", "3"], "not divisible"),
+                           (["depth", "--values", "two"], "expected an integer"),
+                           (["heads", "--executor", "slurm"], "choose local or ray"),
+                           (["heads", "--set", "model.n_heads=2"], "the study sets model.n_heads"),
+                           (["depth", "--set", "train.seed=7"], "the study sets train.seed")):
+        r = smoke(tmp_path, *args, "--out", tmp_path / "x")
+        assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, (args, r.output)
 
 
 def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp_path):

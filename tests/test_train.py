@@ -109,6 +109,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_run(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_copy_task_is_learned_in_500_steps(tmp_path):
     cfg = copy_config(tmp_path, max_steps=500, max_tokens=1024, lr=4e-3, warmup_steps=50, log_every=50)
     fit(cfg, tmp_path / "run", RT, log=lambda m: None, progress=False)
