@@ -25,6 +25,7 @@ def test_read_lines_splits_on_newline_only_and_replaces_invalid_bytes():
     assert bad == [3]
     assert read_lines(b"") == ([], [])
     assert read_lines(b"no newline at the end") == (["no newline at the end"], [])
+    assert read_lines(b"\xef\xbb\xbfbom\r\n") == (["bom"], [])
 
 
 def test_a_too_long_line_is_truncated_with_a_warning_and_no_line_is_lost(trained_tiny):

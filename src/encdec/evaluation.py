@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 def read_lines(raw: bytes) -> tuple[list[str], list[int]]:
     """Input bytes -> one str per line, and the (1-based) numbers of the lines that held invalid
     UTF-8. Lines end at "\\n" only (a trailing "\\r" is dropped), so every other character,
-    NUL and Unicode line separators included, stays inside its line; invalid bytes become U+FFFD."""
+    NUL and Unicode line separators included, stays inside its line; invalid bytes become U+FFFD;
+    a leading byte-order mark is dropped."""
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not part of the first line
     if raw.endswith(b"\n"):
         raw = raw[:-1]
     if not raw:
