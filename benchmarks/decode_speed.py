@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import torch
 from memory import peak_rss_mib, reset_peak_rss
 
@@ -190,6 +191,7 @@ def main() -> None:
                                  "peak_rss_mib": max(r["rss"] for r in rs),
                                  "warm_sec": statistics.median(r["warm_sec"] for r in rs)})
     print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}))
+    print(machine.describe())
     print(f"decoding {args.sentences} sentences of {args.src_len} source pieces, outputs forced to {args.out_len} "
           f"tokens, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats} rounds "
           "(each decoder in a fresh process per round: warm-up pass, then the timed pass)")

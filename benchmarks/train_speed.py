@@ -5,6 +5,10 @@ post-LN, dropout 0.1, AdamW, label smoothing 0.1), the same batches (128 rows, s
 target lengths 20-32, padded; real target tokens counted), interleaved rounds (one step of
 each model per round, so drifts of a shared machine hit all alike), median tokens/s over the
 rounds after warm-up. Peak RSS is measured per model in a fresh subprocess (`--rss MODEL`).
+The header names the CPU, its AVX-512/bf16/AMX flags and the GEMM peak of this machine in this
+precision (`machine.gemm_peak` on the step's product shapes); each row's GFLOP/s is its median
+tokens/s times its matrix-product FLOPs per token (torch's FlopCounterMode over one step,
+forward and backward), so "% of peak" says how much of the machine a model's step uses.
 encdec runs its own training step (`encdec.optim.train_step`: output layer fused with the loss,
 fused AdamW); the peers the usual logits + `F.cross_entropy` + AdamW. Peers are optional: a
 missing package skips its row. `encdec-compiled` (not in the default list) is encdec's step with
@@ -23,10 +27,12 @@ import subprocess
 import sys
 import time
 
+import machine
 import torch
 import torch.nn.functional as F
 from memory import peak_rss_mib, reset_peak_rss
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 V, D, H, FF, N, PAD, BOS = 8000, 256, 4, 1024, 3, 0, 2
 
@@ -142,6 +148,13 @@ def step_fn(name: str, dropout: float, precision: str):
     return step, sum(p.numel() for p in model.parameters())
 
 
+def flops_per_token(step, batch) -> float:
+    """Matrix-product FLOPs of one training step (forward and backward) per real target token."""
+    with FlopCounterMode(display=False) as counter:
+        tokens = step(*batch)
+    return counter.get_total_flops() / tokens
+
+
 def available(names):
     out = []
     for n in names:
@@ -195,23 +208,31 @@ def main() -> None:
             tokens = steps[n][0](*batch)
             if r >= args.warmup:
                 times[n].append(tokens / (time.perf_counter() - t0))
+    tokens = 128 * 26  # rows x mean target length: the products of a step
+    peak = machine.gemm_peak([(tokens, D, FF), (tokens, FF, D), (tokens, D, V)],
+                             torch.bfloat16 if args.precision == "bf16" else torch.float32)
     rows = []
     for n in names:
-        rows.append({"model": n, "params": steps[n][1], "median_tok_s": statistics.median(times[n]),
-                     "min_tok_s": min(times[n]), "max_tok_s": max(times[n]),
+        median = statistics.median(times[n])
+        gflops = median * flops_per_token(steps[n][0], data[0]) / 1e9
+        rows.append({"model": n, "params": steps[n][1], "median_tok_s": median,
+                     "min_tok_s": min(times[n]), "max_tok_s": max(times[n]), "gflop_s": gflops,
                      "peak_rss_mib": rss[n]})
     base = next((r["median_tok_s"] for r in rows if r["model"] == "torch.nn.Transformer"), None)
     if args.json:
-        print(json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        print(json.dumps({"args": vars(args), "machine": machine.describe(), "gemm_peak_gflop_s": peak,
+                          "threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
+    print(f"{machine.describe()}; GEMM peak {peak:,.0f} GFLOP/s in {args.precision}")
     print(f"training, {args.precision}, dropout {args.dropout}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds; real target tokens per second")
-    print("| model | params | median tok/s | range | vs torch.nn.Transformer | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | median tok/s | range | vs torch.nn.Transformer | GFLOP/s (of peak) | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['median_tok_s'] / base:.2f}x" if base else ""
         print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['median_tok_s']:,.0f} | "
-              f"{r['min_tok_s']:,.0f}-{r['max_tok_s']:,.0f} | {ratio} | {r['peak_rss_mib']:,.0f} MiB |")
+              f"{r['min_tok_s']:,.0f}-{r['max_tok_s']:,.0f} | {ratio} | {r['gflop_s']:,.0f} ({r['gflop_s'] / peak:.0%}) | "
+              f"{r['peak_rss_mib']:,.0f} MiB |")
 
 
 if __name__ == "__main__":

@@ -5,20 +5,42 @@ import torch
 import torch.nn.functional as F
 
 from encdec.config import ModelConfig
-from encdec.linear import InferenceWeights, Linear, to_plain
+from encdec.linear import BACKENDS, DECODE_GEMM, InferenceWeights, Linear, decode_backend, to_plain
 from encdec.model import Transformer
 
 
-@pytest.mark.parametrize("packed", [True, False])
-def test_inference_product_equals_f_linear_for_every_row_count(packed):
+@pytest.mark.parametrize("backend", [b for b, available in BACKENDS.items() if available])
+def test_inference_product_equals_f_linear_for_every_row_count(backend):
     torch.manual_seed(0)
     w, b = torch.randn(24, 16), torch.randn(24)
-    fast = InferenceWeights(w, packed=packed)
-    for rows in (1, 3, 32, 5, 7, 3, 64):  # more row counts than are kept packed: old ones are dropped
+    fast = InferenceWeights(w, backend=backend)
+    assert fast.backend == backend
+    for rows in (1, 3, 32, 5, 7, 3, 64):  # more row counts than are kept prepared: old ones are dropped
         x = torch.randn(rows, 16)
         torch.testing.assert_close(fast.matmul(x, b), F.linear(x, w, b))
         torch.testing.assert_close(fast.matmul(x, None), F.linear(x, w))
-    assert len(fast.packed) <= 4
+    assert len(fast.prepared) == (0 if backend == "plain" else 4)
+
+
+def test_decode_backend_follows_the_cpu_vendor_and_the_override(monkeypatch):
+    from encdec import linear
+
+    monkeypatch.delenv(DECODE_GEMM, raising=False)
+    monkeypatch.setattr(linear, "BACKENDS", {"mkl": True, "onednn": True, "plain": True})
+    monkeypatch.setattr(linear, "cpu_is_intel", lambda: True)
+    assert decode_backend() == "mkl"
+    monkeypatch.setattr(linear, "cpu_is_intel", lambda: False)
+    assert decode_backend() == "onednn"
+    monkeypatch.setattr(linear, "BACKENDS", {"mkl": True, "onednn": False, "plain": True})
+    assert decode_backend() == "mkl"  # a build without oneDNN's reorder
+    monkeypatch.setenv(DECODE_GEMM, "plain")
+    assert decode_backend() == "plain"
+    monkeypatch.setenv(DECODE_GEMM, "onednn")
+    with pytest.raises(ValueError, match="no onednn linear"):
+        decode_backend()
+    monkeypatch.setenv(DECODE_GEMM, "cublas")
+    with pytest.raises(ValueError, match="choose one of mkl, onednn, plain"):
+        decode_backend()
 
 
 def test_linear_is_plain_outside_the_block_and_fast_inside_it():

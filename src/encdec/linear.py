@@ -1,12 +1,22 @@
 """Linear layers with a fast product for decoding: weights laid out for a few rows at a time.
 
 `nn.Linear` computes x W^T with W stored (out, in). At the few rows of a decoding step (batch x
-beam, 4-128 rows) MKL's fp32 sgemm is much slower with that transposed operand than with the
-same matrix stored (in, out), and faster still with MKL's packed format (`cblas_sgemm_pack`,
-which is also what CTranslate2 uses); `benchmarks/linear_speed.py` measures the three, and
-benchmarks/README.md has the timings. A packed matrix is built for one row count, so it is made on
-first use for each row count and kept (a few at a time); a decoding loop keeps its row count
-until a sentence ends and leaves the batch.
+beam, 4-128 rows) the library GEMMs are much slower with that operand than with the weight laid
+out ahead of time for the row count. Two such layouts exist in PyTorch's CPU build, and which
+one wins depends on the CPU (`benchmarks/linear_speed.py` measures them all; the timings are in
+benchmarks/README.md):
+
+- "mkl": MKL's packed format (`cblas_sgemm_pack`, what CTranslate2 uses on Intel): fastest on
+  the Intel CPU the decoding path was tuned on (Cascade Lake);
+- "onednn": oneDNN's linear with the weight reordered for the row count
+  (`torch.ops.mkldnn._reorder_linear_weight`): on an AMD EPYC (AVX2) 1.8x MKL's packed product
+  for the 8k-word output layer at 32 rows and 15-27% faster greedy decoding end to end. MKL
+  takes slower code paths on non-Intel CPUs; CTranslate2 likewise uses oneDNN there.
+
+`decode_backend()` picks "mkl" on Intel and "onednn" elsewhere; ENCDEC_DECODE_GEMM=mkl|onednn|plain
+overrides it (A/B benchmarks, tests). "plain" multiplies by a contiguous W^T. A prepared matrix
+is built for one row count, so it is made on first use for each row count and kept (a few at a
+time); a decoding loop keeps its row count until a sentence ends and leaves the batch.
 
 These copies are only valid while the weights do not change, and PyTorch's version counter does
 not see every change (the fused AdamW step leaves it alone), so they exist only inside
@@ -16,6 +26,7 @@ leaves. Outside it, and whenever autograd is recording, `Linear` is exactly `nn.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,8 +34,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-_PACKED_ROW_COUNTS = 4  # packed copies kept per matrix (one per row count, oldest dropped first)
+from encdec.runtime import cpu_is_intel
+
+DECODE_GEMM = "ENCDEC_DECODE_GEMM"
+BACKENDS = {
+    "mkl": torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"),
+    "onednn": torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"),
+    "plain": True,
+}  # backend -> available in this PyTorch build
+_PREPARED_ROW_COUNTS = 4  # prepared copies kept per matrix (one per row count, oldest dropped first)
+
+
+def decode_backend() -> str:
+    """The decoding product for this CPU: "mkl" on Intel, "onednn" elsewhere (or ENCDEC_DECODE_GEMM)."""
+    forced = os.environ.get(DECODE_GEMM, "")
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"{DECODE_GEMM}={forced!r}; choose one of {', '.join(BACKENDS)} (or unset it)")
+        if not BACKENDS[forced]:
+            raise ValueError(f"{DECODE_GEMM}={forced}: this PyTorch build has no {forced} linear")
+        return forced
+    preferred = ("mkl", "onednn") if cpu_is_intel() else ("onednn", "mkl")
+    return next(b for b in (*preferred, "plain") if BACKENDS[b])
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -37,22 +68,27 @@ def _autocast_on(device_type: str) -> bool:
 class InferenceWeights:
     """One weight matrix w (out, in) in the layouts of fast inference products."""
 
-    def __init__(self, w: Tensor, packed: bool = True):
+    def __init__(self, w: Tensor, backend: str | None = None):
         self.w = w.detach()  # (out, in)
         self.wt: Tensor | None = None  # (in, out), made on first use
-        self.use_packed = packed and _MKL_PACKED and w.device.type == "cpu" and w.dtype == torch.float32
-        self.packed: dict[int, Tensor] = {}
+        backend = backend or decode_backend()
+        self.backend = backend if w.device.type == "cpu" and w.dtype == torch.float32 else "plain"
+        self.prepared: dict[int, Tensor] = {}  # row count -> weight laid out for it
 
     def matmul(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """x (rows, in) -> x w^T + bias (rows, out)."""
         rows = x.size(0)
-        if self.use_packed and x.dtype == torch.float32 and rows and not _autocast_on("cpu"):
-            p = self.packed.get(rows)
+        if self.backend != "plain" and x.dtype == torch.float32 and rows and not _autocast_on("cpu"):
+            p = self.prepared.get(rows)
             if p is None:
-                if len(self.packed) == _PACKED_ROW_COUNTS:
-                    del self.packed[next(iter(self.packed))]
-                p = self.packed[rows] = torch.ops.mkl._mkl_reorder_linear_weight(self.w, rows)
-            return torch.ops.mkl._mkl_linear(x, p, self.w, bias, rows)
+                if len(self.prepared) == _PREPARED_ROW_COUNTS:
+                    del self.prepared[next(iter(self.prepared))]
+                p = self.prepared[rows] = (torch.ops.mkl._mkl_reorder_linear_weight(self.w, rows)
+                                           if self.backend == "mkl"
+                                           else torch.ops.mkldnn._reorder_linear_weight(self.w, rows))
+            if self.backend == "mkl":
+                return torch.ops.mkl._mkl_linear(x, p, self.w, bias, rows)
+            return torch.ops.mkldnn._linear_pointwise(x, p, bias, "none", [], "")
         if self.wt is None:
             self.wt = self.w.t().contiguous()
         return x @ self.wt if bias is None else torch.addmm(bias, x, self.wt)

@@ -57,7 +57,7 @@ def train_step(model, batches: list[Batch], opt: torch.optim.Optimizer, lr: floa
                 out = model(batch.src, batch.src_mask, batch.tgt_in, project=False)  # hidden (B, T, D)
             loss, nll, _ = fused_output_loss(out.hidden, raw.output_weight, batch.tgt_out, pad_id=PAD,
                                              smoothing=cfg.label_smoothing, surface=out.surface,
-                                             lam=raw.cfg.surface_fusion)
+                                             lam=raw.cfg.surface_fusion, matmul_dtype=rt.amp_dtype)
             (loss * (dist.world / total)).backward()
         loss_sum += loss.item()
         nll_sum += nll.item()

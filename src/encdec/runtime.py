@@ -9,6 +9,7 @@ tested on a CPU without native bf16 (emulated: correct, but slow) and vice versa
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from dataclasses import dataclass
@@ -19,14 +20,24 @@ import torch
 FORCE_PRECISION = "ENCDEC_FORCE_PRECISION"
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512_BF16 or AMX)."""
+@functools.cache
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512_BF16 or AMX)."""
+    flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_is_intel() -> bool:
+    """True on Intel CPUs (MKL's home ground); False on AMD and others, or when unknown."""
+    return "GenuineIntel" in _cpuinfo()
 
 
 @dataclass(frozen=True)
