@@ -3,7 +3,8 @@
 For each (rows, in, out): `F.linear` with the (out, in) weight, `torch.addmm` with a contiguous
 (in, out) copy, and MKL's packed format (`torch.ops.mkl._mkl_linear`, packed for that row
 count), and oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`) with the plain weight and with
-the weight reordered for that row count (`torch.ops.mkldnn._reorder_linear_weight`); microseconds per product, median of `--repeats` timings of `--number` calls each, hot
+the weight reordered for that row count (`torch.ops.mkldnn._reorder_linear_weight`);
+microseconds per product, median of `--repeats` timings of `--number` calls each, hot
 caches (the same operands every call).
 
     .venv/bin/python benchmarks/linear_speed.py

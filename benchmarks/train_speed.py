@@ -231,8 +231,8 @@ def main() -> None:
     for r in rows:
         ratio = f"{r['median_tok_s'] / base:.2f}x" if base else ""
         print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['median_tok_s']:,.0f} | "
-              f"{r['min_tok_s']:,.0f}-{r['max_tok_s']:,.0f} | {ratio} | {r['gflop_s']:,.0f} ({r['gflop_s'] / peak:.0%}) | "
-              f"{r['peak_rss_mib']:,.0f} MiB |")
+              f"{r['min_tok_s']:,.0f}-{r['max_tok_s']:,.0f} | {ratio} | "
+              f"{r['gflop_s']:,.0f} ({r['gflop_s'] / peak:.0%}) | {r['peak_rss_mib']:,.0f} MiB |")
 
 
 if __name__ == "__main__":
