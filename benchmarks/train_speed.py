@@ -6,7 +6,8 @@ target lengths 20-32, padded; real target tokens counted), interleaved rounds (o
 each model per round, so drifts of a shared machine hit all alike), median tokens/s over the
 rounds after warm-up. Peak RSS is measured per model in a fresh subprocess (`--rss MODEL`).
 The header names the CPU, its AVX-512/bf16/AMX flags and the GEMM peak of this machine in this
-precision (`machine.gemm_peak` on the step's product shapes); each row's GFLOP/s is its median
+precision (`machine.gemm_peak` on the step's product shapes, the better of a measurement before
+and one after the rounds); each row's GFLOP/s is its median
 tokens/s times its matrix-product FLOPs per token (torch's FlopCounterMode over one step,
 forward and backward), so "% of peak" says how much of the machine a model's step uses.
 encdec runs its own training step (`encdec.optim.train_step`: output layer fused with the loss,
@@ -201,6 +202,10 @@ def main() -> None:
     names = available(names)
     steps = {n: step_fn(n, args.dropout, args.precision) for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
+    tokens = 128 * 26  # rows x mean target length: the products of a step
+    shapes = [(tokens, D, FF), (tokens, FF, D), (tokens, D, V)]
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = machine.gemm_peak(shapes, dtype)  # measured before and after the rounds: the machine drifts
     for r in range(args.warmup + args.rounds):
         for n in names:
             batch = data[r % len(data)]
@@ -208,9 +213,7 @@ def main() -> None:
             tokens = steps[n][0](*batch)
             if r >= args.warmup:
                 times[n].append(tokens / (time.perf_counter() - t0))
-    tokens = 128 * 26  # rows x mean target length: the products of a step
-    peak = machine.gemm_peak([(tokens, D, FF), (tokens, FF, D), (tokens, D, V)],
-                             torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    peak = max(peak, machine.gemm_peak(shapes, dtype))
     rows = []
     for n in names:
         median = statistics.median(times[n])
