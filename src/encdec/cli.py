@@ -84,7 +84,9 @@ def train(
     config: Path | None = typer.Option(None, help="Start from this config.json (as written in every run folder) "
                                                   "instead of --preset/--data/--vocab-size; --set still applies."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    precision: str | None = typer.Option(None, help=f"{' | '.join(PRECISIONS)} (default: train.precision)."),
+    precision: str | None = typer.Option(None, help=f"{' | '.join(PRECISIONS)} (default: train.precision). auto: bf16 "
+                                                       "autocast on CPUs with AVX512_BF16/AMX, else fp32 "
+                                                       "(TF32 products on GPUs)."),
     evaluate_after: bool = typer.Option(True, "--evaluate/--no-evaluate",
                                         help="Score the test split (beam 4) at the end."),
     beam: int = typer.Option(BEAM, help="Beam size for the final test evaluation."),

@@ -1,9 +1,12 @@
 """The only place that decides device, autocast dtype, threads and seeds (../shared/STYLE.md C9).
 
-`precision="auto"` picks bf16 autocast where the hardware has native bf16 (a GPU that supports
-it; a CPU with AVX512_BF16 or AMX) and fp32 elsewhere. The environment variable
-ENCDEC_FORCE_PRECISION=bf16|fp32 overrides that choice (only "auto"'s), so the bf16 path can be
-tested on a CPU without native bf16 (emulated: correct, but slow) and vice versa.
+`precision="auto"` picks bf16 autocast on a CPU with native bf16 (AVX512_BF16 or AMX) and fp32
+elsewhere. On a GPU it picks fp32 with TF32 matrix products: the one GPU measurement so far (an
+H100, README "Scale out") trained the same losses ≥ 13× slower under bf16 autocast than in
+TF32, for a cause not yet established (benchmarks/gpu_check.sh is the prepared check); auto
+picks the faster of the two as measured. `--precision bf16` still selects bf16 there. The
+environment variable ENCDEC_FORCE_PRECISION=bf16|fp32 overrides auto's choice, so the bf16 path
+can be tested on a CPU without native bf16 (emulated: correct, but slow) and vice versa.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class Runtime:
             forced = os.environ.get(FORCE_PRECISION, "")
             if forced not in ("", "fp32", "bf16"):
                 raise ValueError(f"{FORCE_PRECISION}={forced!r}; choose fp32 or bf16 (or unset it)")
-            native = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_bf16()
+            native = dev.type == "cpu" and cpu_has_bf16()  # GPUs: TF32 (module docstring)
             amp = torch.bfloat16 if forced == "bf16" or (native and not forced) else None
         else:
             raise ValueError(f"precision={precision!r}; choose auto, fp32 or bf16")
