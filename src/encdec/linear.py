@@ -9,9 +9,9 @@ benchmarks/README.md):
 - "mkl": MKL's packed format (`cblas_sgemm_pack`, what CTranslate2 uses on Intel): fastest on
   the Intel CPU the decoding path was tuned on (Cascade Lake);
 - "onednn": oneDNN's linear with the weight reordered for the row count
-  (`torch.ops.mkldnn._reorder_linear_weight`): on an AMD EPYC (AVX2) 1.8x MKL's packed product
-  for the 8k-word output layer at 32 rows and 15-27% faster greedy decoding end to end. MKL
-  takes slower code paths on non-Intel CPUs; CTranslate2 likewise uses oneDNN there.
+  (`torch.ops.mkldnn._reorder_linear_weight`): on an AMD EPYC (AVX2) 1.3-1.8x MKL's packed
+  product for the 8k-word output layer and 15-32% faster greedy decoding end to end. MKL is
+  Intel's library, tuned for Intel CPUs; CTranslate2 likewise avoids it on other vendors' CPUs.
 
 `decode_backend()` picks "mkl" on Intel and "onednn" elsewhere; ENCDEC_DECODE_GEMM=mkl|onednn|plain
 overrides it (A/B benchmarks, tests). "plain" multiplies by a contiguous W^T. A prepared matrix
