@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import sacrebleu
@@ -26,6 +27,11 @@ def sequence_loss(logits: Tensor, target: Tensor, *, pad_id: int, smoothing: flo
     else:
         loss = nll_sum
     return loss, nll_sum.detach(), int(keep.sum())
+
+
+def seed_std(values: list[float]) -> float:
+    """Sample standard deviation over seeds; 0 for a single seed."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:

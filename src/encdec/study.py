@@ -464,6 +464,8 @@ def curves(study_dir: Path, runs: list[StudyRun], beam: int) -> dict[str, dict[i
 def aggregate(rows: list[dict], runs: list[StudyRun], together: dict | None = None) -> list[dict]:
     """Per point (in plan order): the architecture columns, then mean and std over seeds of each metric;
     `decode_sent_s` from `time_decoding` (its "sent_per_s" mapping) where given, else None."""
+    from encdec.metrics import seed_std
+
     out = []
     for name in dict.fromkeys(r.point_name for r in runs):
         pts = [r for r in rows if r["point"] == name]
@@ -478,7 +480,7 @@ def aggregate(rows: list[dict], runs: list[StudyRun], together: dict | None = No
         for k in METRICS:
             vals = [p[k] for p in pts]
             row[k] = statistics.fmean(vals)
-            row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[f"{k}_std"] = seed_std(vals)
         row["decode_sent_s"] = (together or {}).get(name)
         out.append(row)
     return out

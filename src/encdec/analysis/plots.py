@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from encdec.metrics import seed_std  # noqa: E402
+
 ROLE_ABBR = {"positional-prev": "prev", "positional-same": "same", "positional-next": "next", "alignment": "align",
              "eos-sink": "eos", "punctuation": "punct", "broad": "broad", "mixed": "mixed"}
 
@@ -74,7 +76,7 @@ def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str
     for name, by_step in curve.items():
         steps = sorted(by_step)
         ax.errorbar(steps, [statistics.fmean(by_step[k]) for k in steps], fmt="o-", capsize=3, label=name,
-                    yerr=[statistics.stdev(by_step[k]) if len(by_step[k]) > 1 else 0.0 for k in steps])
+                    yerr=[seed_std(by_step[k]) for k in steps])
     ax.set_xlabel("training step")
     ax.set_ylabel("dev BLEU (subset, mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
@@ -90,7 +92,7 @@ def budget_curves(curves: dict[str, dict], out: Path, title: str) -> Path:
     for name, c in curves.items():
         steps = sorted(c["milestones"], key=int)
         means = [statistics.fmean(c["milestones"][k]) for k in steps]
-        stds = [statistics.stdev(c["milestones"][k]) if len(c["milestones"][k]) > 1 else 0.0 for k in steps]
+        stds = [seed_std(c["milestones"][k]) for k in steps]
         xs = [int(k) for k in steps]
         (line,) = ax.plot(xs, means, "o-", label=name)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
@@ -99,7 +101,7 @@ def budget_curves(curves: dict[str, dict], out: Path, title: str) -> Path:
             end_steps, end_bleu = [e[0] for e in c["end"]], [e[1] for e in c["end"]]
             x = statistics.fmean(end_steps)
             ax.errorbar([x], [statistics.fmean(end_bleu)], xerr=[[x - min(end_steps)], [max(end_steps) - x]],
-                        yerr=[statistics.stdev(end_bleu) if len(end_bleu) > 1 else 0.0], fmt="s", capsize=3,
+                        yerr=[seed_std(end_bleu)], fmt="s", capsize=3,
                         color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training step (squares: where the runs stopped)")
