@@ -316,13 +316,16 @@ def budget_curves(study: StudyPlan, rt: Runtime, *, log=print) -> dict:
         folder = study.folder / run.folder
         if not is_finished(study.folder, run, study.beam):
             continue
+        vocab, srcs = None, None  # the run's vocabulary and encoded test sources, made on first need
         for weights in sorted((folder / "milestones").glob("step-*.safetensors")):
             step = str(int(weights.stem.split("-")[1]))
             key = f"{run.folder}|{step}"
             if key not in done:
                 _, model = load_run(folder, weights=f"milestones/{weights.name}")
-                vocab = Vocab(folder / "vocab.model")
-                hyps = translate_ids(model.to(rt.device), vocab.encode([p.src for p in pairs]), rt, beam=study.beam)
+                if vocab is None:
+                    vocab = Vocab(folder / "vocab.model")
+                    srcs = vocab.encode([p.src for p in pairs])
+                hyps = translate_ids(model.to(rt.device), srcs, rt, beam=study.beam)
                 done[key] = round(bleu([vocab.decode(h) for h in hyps], [refs]).score, 2)
                 log(f"{run.folder} at step {step}: test BLEU {done[key]}")
                 path.write_text(json.dumps({"scores": done}, indent=2) + "\n")  # progress survives a stop
