@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from encdec.cli import app
 from encdec.config import ModelConfig, RunConfig
-from encdec.study import parse_axis, plan
+from encdec.study import markdown, parse_axis, plan
 
 from conftest import CACHE
 
@@ -41,6 +41,24 @@ def test_plan_is_the_cross_product_and_validates_up_front():
         plan(base, [parse_axis("heads=3")], [1])
     with pytest.raises(ValueError, match="unknown study axis"):
         parse_axis("layers=1,2")
+
+
+def test_wiring_points_choose_states_and_surface_fusion():
+    base = RunConfig()  # 6 encoder layers: states 0 (embeddings) .. 6 (Z)
+    runs = plan(base, [parse_axis("wiring=final,dense@0+6,mix@0+3+6,final+sf0.2,dense@6+sf.1")], [1])
+    got = [(r.point_name, r.cfg.model.wiring, r.cfg.model.memory_states, r.cfg.model.surface_fusion) for r in runs]
+    assert got == [("wiring=final", "final", None, 0.0), ("wiring=dense@0+6", "dense", (0, 6), 0.0),
+                   ("wiring=mix@0+3+6", "mix", (0, 3, 6), 0.0), ("wiring=final+sf0.2", "final", None, 0.2),
+                   ("wiring=dense@6+sf.1", "dense", (6,), 0.1)]
+    for value, fragment in (("dense@7", "out of range"), ("final@0+6", "used by the mix and dense"),
+                            ("dense@", "expected SCHEME"), ("denser", "expected SCHEME"), ("mix+sf1", "must be in")):
+        with pytest.raises(ValueError, match=fragment):
+            plan(base, [parse_axis(f"wiring={value}")], [1])
+    # the table names the point (scheme, states, fusion), not just the scheme
+    row = {"point": "wiring=dense@0+6", "wiring": "dense@0+6", "wiring_scheme": "dense", "n_enc": 6, "n_dec": 6,
+           "d_model": 512, "d_ff": 2048, "h": 8, "d_k": 64, "d_v": 64, "params": 1e6, "dev_ppl": 9.0,
+           "dev_bleu": 20.0, "test_bleu": 21.0, "sent_per_s": 5.0, "seeds": 1, "reference": "wiring=final"}
+    assert "| 64 | dense@0+6 | 1.00M |" in markdown([row], ["wiring"], "t")
 
 
 def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):
@@ -143,7 +161,10 @@ def test_study_mistakes(tmp_path):
                            (["depth", "--values", "two"], "expected an integer"),
                            (["heads", "--executor", "slurm"], "choose local or ray"),
                            (["heads", "--set", "model.n_heads=2"], "the study sets model.n_heads"),
-                           (["depth", "--set", "train.seed=7"], "the study sets train.seed")):
+                           (["depth", "--set", "train.seed=7"], "the study sets train.seed"),
+                           (["wiring", "--values", "final,dense@0+3", "--set", "model.memory_states=[3]"],
+                            "the study sets model.memory_states"),
+                           (["wiring", "--values", "dense[0,3]"], "expected SCHEME")):
         r = smoke(tmp_path, *args, "--out", tmp_path / "x")
         assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, (args, r.output)
 

@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -75,8 +76,27 @@ def model_changes(axis: str, value: str) -> dict:
     except ValueError:
         raise ValueError(f"{axis}={value!r}: expected an integer{' or ENC-DEC' if axis == 'depth' else ''}") from None
     if axis == "wiring":
-        return {"wiring": value}
+        return wiring_changes(value)
     raise ValueError(f"unknown study axis {axis!r}; choose from {', '.join(AXES)}")
+
+
+WIRING_VALUE = re.compile(r"(?P<scheme>[a-z]+)(?:@(?P<states>\d+(?:\+\d+)*))?(?:\+sf(?P<sf>\d*\.?\d+))?")
+
+
+def wiring_changes(value: str) -> dict:
+    """A wiring point: SCHEME[@S1+S2...][+sfLAMBDA], e.g. `dense`, `dense@0+3` (dense over states 0
+    and 3: `model.memory_states=[0,3]`), `final+sf0.2` (`model.surface_fusion=0.2`). Only the fields
+    the value names are set; the rest come from the base."""
+    m = WIRING_VALUE.fullmatch(value)
+    if m is None or m["scheme"] not in WIRINGS:
+        raise ValueError(f"wiring={value!r}: expected SCHEME[@S1+S2...][+sfLAMBDA] with SCHEME one of "
+                         f"{', '.join(WIRINGS)}, e.g. dense@0+3 or final+sf0.2")
+    changes: dict = {"wiring": m["scheme"]}
+    if m["states"] is not None:
+        changes["memory_states"] = tuple(int(s) for s in m["states"].split("+"))
+    if m["sf"] is not None:
+        changes["surface_fusion"] = float(m["sf"])
+    return changes
 
 
 def parse_axis(spec: str) -> tuple[str, tuple[str, ...]]:
@@ -153,7 +173,7 @@ def make_plan(axis: str, values: str | None, grid_axes: list[str], overrides: li
         if grid_axes:
             raise ValueError("--axis is for grid studies; for one axis use --values")
         spec = [parse_axis(axis if values is None else f"{axis}={values}")]
-    varied = {f"model.{k}" for a, vals in spec for k in model_changes(a, vals[0])} | {"train.seed"}
+    varied = {f"model.{k}" for a, vals in spec for v in vals for k in model_changes(a, v)} | {"train.seed"}
     for key in (item.partition("=")[0].strip() for item in overrides):
         if key in varied:
             raise ValueError(f"--set {key}=…: the study sets {key} for every run "
@@ -513,7 +533,7 @@ def markdown(results: list[dict], axes: list[str], title: str) -> str:
     for r in results:
         arch = [r["n_enc"], r["n_dec"], r["d_model"], r["d_ff"], r["h"], r["d_k"], r["d_v"]]
         if "wiring" in axes:
-            arch.append(r["wiring_scheme"])
+            arch.append(r["wiring"])  # the point's value: scheme, states read, SurfaceFusion
         if r.get("delta_vs_ref") is not None:
             test = f"{r['delta_vs_ref']:+.2f} (p {r['p_vs_ref']:.3f}; {r['p_vs_ref_per_seed']})"
         else:

@@ -15,7 +15,9 @@ def study(
     axis: str = typer.Argument(..., metavar="AXIS",
                                help="heads | depth | width | wiring | grid (grid: give --axis twice or more)."),
     values: str | None = typer.Option(None, help="Comma-separated values of AXIS (default: the axis's standard set; "
-                                                 "depth takes N or ENC-DEC, e.g. 6-1)."),
+                                                 "depth takes N or ENC-DEC, e.g. 6-1; wiring takes "
+                                                 "SCHEME[@S1+S2...][+sfLAMBDA], e.g. dense@0+3 = dense over "
+                                                 "the embeddings and Z, final+sf0.2 = final with SurfaceFusion)."),
     axes: list[str] = typer.Option([], "--axis", help="For grid: AXIS=V1,V2 (repeatable), e.g. --axis heads=1,4,8."),
     out: Path | None = typer.Option(None, help="Study folder (default runs/study-AXIS); rerun to resume."),
     preset_name: str = typer.Option("small", "--preset", help="Base model preset."),
