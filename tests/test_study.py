@@ -180,3 +180,21 @@ def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp
         assert (tc["patience"], tc["schedule"], tc["max_steps"]) == (5, "inverse_sqrt", 5000)
     bad = run("study", "heads", "--until-converged", "--minutes", "5", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "not --minutes" in bad.output
+
+
+def test_a_recipe_that_follows_the_model_follows_each_point(tmp_path):
+    """transformer-base trains with the paper's peak lr d_model^-0.5 * 4000^-0.5: a width study on
+    it gives each point its own lr, unless --set pins one for all."""
+    r = run("study", "width", "--values", "256,1024", "--seeds", "1", "--preset", "transformer-base",
+            "--out", tmp_path / "w", "--print-commands", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
+    assert r.exit_code == 0, r.output
+    for d in (256, 1024):
+        tc = json.loads((tmp_path / "w" / f"width={d}" / "seed-1" / "config.json").read_text())["train"]
+        assert (tc["schedule"], tc["warmup_steps"]) == ("inverse_sqrt", 4000)
+        assert math.isclose(tc["lr"], d**-0.5 * 4000**-0.5)
+    r = run("study", "width", "--values", "256,1024", "--seeds", "1", "--preset", "transformer-base",
+            "--out", tmp_path / "p", "--print-commands", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}",
+            "--set", "train.lr=1e-3")
+    assert r.exit_code == 0, r.output
+    for d in (256, 1024):
+        assert json.loads((tmp_path / "p" / f"width={d}" / "seed-1" / "config.json").read_text())["train"]["lr"] == 1e-3

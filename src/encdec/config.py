@@ -323,9 +323,11 @@ def recipe(preset_name: str) -> Recipe:
 
 
 def run_config(preset_name: str, source: str, *, vocab_size: int | None = None, steps: int = 0, minutes: float = 0.0,
-               epochs: int = 0, overrides: list[str] | None = None) -> RunConfig:
+               epochs: int = 0, overrides: list[str] | None = None, model_changes: dict | None = None) -> RunConfig:
     """A RunConfig from a model preset and its training recipe, a data source and a budget, then
-    `overrides` (which reach every field, the recipe's too).
+    `overrides` (which reach every field, the recipe's too). `model_changes` (ModelConfig fields,
+    e.g. a study point's `d_model`) apply after the model overrides and before the recipe, so a
+    recipe that follows the model (the paper's peak lr, d_model^-0.5) follows them too.
 
     The presets' vocabulary sizes are the paper's (for `encdec params`); training learns its own
     joint vocabulary: 8000 pieces for real corpora, at most 64 for the synthetic tasks."""
@@ -336,6 +338,8 @@ def run_config(preset_name: str, source: str, *, vocab_size: int | None = None, 
                                     data=DataConfig(source=source, vocab_size=vs),
                                     train=TrainConfig(max_steps=steps, max_minutes=minutes, max_epochs=epochs)),
                           model_overrides)
+    if model_changes:
+        cfg = replace(cfg, model=replace(cfg.model, **model_changes))
     # the recipe sees the model as overridden (the paper's peak lr follows d_model), then the rest applies
     cfg = replace(cfg, train=replace(cfg.train, **recipe(preset_name).fields(cfg.model)))
     return apply_overrides(cfg, [o for o in overrides if o not in model_overrides])

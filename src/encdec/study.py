@@ -111,11 +111,14 @@ def parse_axis(spec: str) -> tuple[str, tuple[str, ...]]:
     return axis, vals
 
 
-def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[int]) -> list[StudyRun]:
+def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[int],
+         configure: Callable[[dict], RunConfig] | None = None) -> list[StudyRun]:
     """Cross product of the axes' values, times the seeds; every config is validated here, up front.
 
-    Seed-major order: every point runs once before any runs a second time, so a study stopped
-    half-way already covers the whole axis."""
+    A point's config is `configure(its ModelConfig changes)` when given (`make_plan` rebuilds it
+    from the preset, so a recipe that follows the model follows the point), else `base` with the
+    changes. Seed-major order: every point runs once before any runs a second time, so a study
+    stopped half-way already covers the whole axis."""
     names = [a for a, _ in axes]
     if len(set(names)) != len(names):
         raise ValueError(f"an axis appears twice: {names}")
@@ -125,11 +128,11 @@ def plan(base: RunConfig, axes: list[tuple[str, tuple[str, ...]]], seeds: list[i
         for axis, value in combo:
             changes.update(model_changes(axis, value))
         try:
-            model = replace(base.model, **changes)
+            cfg = configure(changes) if configure else replace(base, model=replace(base.model, **changes))
         except ValueError as e:
             raise ValueError(f"point {','.join(f'{a}={v}' for a, v in combo)}: {e}") from None
         for seed in seeds:
-            runs.append(StudyRun(tuple(combo), seed, replace(base, model=model, train=replace(base.train, seed=seed))))
+            runs.append(StudyRun(tuple(combo), seed, replace(cfg, train=replace(cfg.train, seed=seed))))
     return sorted(runs, key=lambda r: seeds.index(r.seed))  # stable: points keep their order within a seed
 
 
@@ -193,12 +196,17 @@ def make_plan(axis: str, values: str | None, grid_axes: list[str], overrides: li
         preset_name, steps, minutes, beam, limit, seeds = "tiny", 20, 0.0, 1, 100, min(seeds, 2)
         cap = steps
         overrides = [*SMOKE, *overrides]
-    base = run_config(preset_name, data, steps=0 if minutes > 0 else steps, minutes=minutes, overrides=overrides)
+
+    def configure(changes: dict) -> RunConfig:
+        cfg = run_config(preset_name, data, steps=0 if minutes > 0 else steps, minutes=minutes, overrides=overrides,
+                         model_changes=changes)
+        return config_until_converged(cfg, cap=cap) if until_converged else cfg
+
+    base = configure({})
     if until_converged:
-        base = config_until_converged(base, cap=cap)
         steps = base.train.max_steps
     seed_list = list(range(1, seeds + 1))
-    runs = plan(base, spec, seed_list)
+    runs = plan(base, spec, seed_list, configure)
     folder = out or Path(f"runs/study-{axis}")
     write_plan(folder, base, spec, seed_list, beam, runs)
     budget = f"{steps} steps" if not minutes else f"{minutes} min"
