@@ -23,6 +23,14 @@ def test_params_json_and_table():
     assert r.exit_code == 0 and "total" in r.stdout
 
 
+def test_help_shows_syntax_and_file_names_verbatim():
+    """Help text is Markdown (paragraphs reflow); brackets and <placeholders> must survive."""
+    study = run("study", "--help", env={"COLUMNS": "200"}).output
+    assert "SCHEME[@S1+S2...][+sfLAMBDA]" in study
+    assert "eval.<split>.beam<k>.json" in run("evaluate", "--help", env={"COLUMNS": "200"}).output
+    assert "gradflow_<scheme>.csv" in run("analyze", "gradflow", "--help", env={"COLUMNS": "200"}).output
+
+
 def test_user_mistakes_are_one_clear_line(tmp_path):
     cases = [
         (["params", "transformer-bse"], "did you mean"),

@@ -34,7 +34,9 @@ from encdec.config import until_converged as config_until_converged
 from encdec.study_command import study
 from encdec.ui import SET_HELP, console, fail, log, runtime, show, warn
 
+# help is Markdown: docstring paragraphs reflow, and `[...]` is text (rich markup would eat it)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",
                   help="encdec: a lab for encoder-decoder Transformers (Vaswani et al. 2017) and their wiring.")
 app.add_typer(analyze, name="analyze")
 app.command()(study)
@@ -198,7 +200,7 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
              limit: int = typer.Option(0, help="Score only the first N sentences (0 = all).")):
     """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV.
 
-    Also writes eval.<split>.beam<k>.json to the run folder."""
+    Also writes `eval.<split>.beam<k>.json` to the run folder."""
     from rich.progress import Progress
 
     from encdec.checkpoint import load_run

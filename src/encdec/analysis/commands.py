@@ -101,7 +101,7 @@ def heads(checkpoint: Path = CHECKPOINT,
           device: str = DEVICE, weights: str = WEIGHTS):
     """Per-head statistics over dev data and a role per head.
 
-    Entropy, previous/same/next-token share, punctuation and </s> share, cross-attention
+    Entropy, previous/same/next-token share, punctuation and `</s>` share, cross-attention
     diagonality; roles by the thresholds in encdec/analysis/heads.py. Writes heads.csv, heads.md
     and a heat map per attention kind."""
     from encdec.analysis import heads as head_roles
@@ -207,7 +207,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
 
     Trains each scheme from the same seed for --steps steps with the --checkpoint run's config and
     data, recording pre-clip gradient norms; --end-run folders add the norms of trained models.
-    Writes gradflow_<scheme>.csv/.png, gradflow_overlay.png, gradflow_end.png, gradflow_summary.csv."""
+    Writes `gradflow_<scheme>.csv/.png`, gradflow_overlay.png, gradflow_end.png, gradflow_summary.csv."""
     from dataclasses import replace
 
     from encdec.analysis import plots
