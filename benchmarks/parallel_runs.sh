@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Run the `encdec train` commands that `encdec study ... --print-commands` prints (one per line on
-# stdin), P at a time on this machine, each with EXTRA arguments appended; each run's output goes
-# to <its --out folder>/train.log and one line per finished run to stdout. Small models leave a
-# GPU mostly idle, so several runs share one. The GPU rows of docs/findings.md §6 were made by
+# stdin), P at a time on this machine, each with EXTRA arguments appended; each run's output is
+# appended to <its --out folder>/train.log (a resumed run keeps its earlier lines), and one line
+# per finished run goes to stdout. On a CPU give each run its share of the cores, e.g. two runs on
+# two cores: `... --print-commands | OMP_NUM_THREADS=1 bash benchmarks/parallel_runs.sh 2` (stop
+# them with `pkill -TERM -f "encdec train"`: each run saves a checkpoint, no further run starts,
+# and the same pipeline later resumes what is left).
+# Small models leave a GPU mostly idle, so several runs share one. The GPU rows of docs/findings.md §6 were made by
 # this same xargs loop (inline in the GPU job; this file was extracted from it afterwards),
 # 15 at a time on one H100 (9 for the pre-norm heads runs):
 #
@@ -30,6 +34,7 @@ printf '%s\n' "$cmds" | xargs -d '\n' -P "$P" -n 1 bash -c '
     out=${cmd[3]}
     mkdir -p "$out"
     rc=0
-    "${cmd[@]}" $EXTRA > "$out/train.log" 2>&1 || rc=$?
+    "${cmd[@]}" $EXTRA >> "$out/train.log" 2>&1 || rc=$?
     echo "$(date +%T) rc=$rc $out"
+    if [[ $rc -eq 130 ]]; then exit 255; fi  # interrupted, checkpoint saved: xargs starts no further run
     exit $rc'
