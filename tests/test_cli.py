@@ -21,6 +21,7 @@ def test_params_json_and_table():
     assert r.exit_code == 0 and json.loads(r.stdout)["total"] == 63_082_496
     r = run("params", "transformer-big")
     assert r.exit_code == 0 and "total" in r.stdout
+    assert "16 heads x d_head 64, d_ff 4096, 6+6 layers, vocab 37000" in r.stdout  # the title on one line
 
 
 def test_help_shows_syntax_and_file_names_verbatim():

@@ -140,8 +140,9 @@ def model_table(name: str, m: ModelConfig, result: dict):
     """`calculate(m, ...)` as a rich table: parts, one layer of each stack, kinds, total, published."""
     from rich.table import Table
 
-    table = Table(title=f"{name} ({m.kind}): d_model {m.d_model}, {m.n_heads} heads x d_head {m.head_dim}, "
-                        f"d_ff {m.d_ff}, {m.n_enc_layers}+{m.n_dec_layers} layers, vocab {m.vocab_size}")
+    title = (f"{name} ({m.kind}): d_model {m.d_model}, {m.n_heads} heads x d_head {m.head_dim}, "
+             f"d_ff {m.d_ff}, {m.n_enc_layers}+{m.n_dec_layers} layers, vocab {m.vocab_size}")
+    table = Table(title=title, min_width=len(title))  # a title wider than the table would wrap mid-phrase
     table.add_column("part")
     table.add_column("parameters", justify="right")
     for part, v in {**result["parts"], **result["per_layer"]}.items():
