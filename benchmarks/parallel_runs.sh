@@ -6,9 +6,9 @@
 # two cores: `... --print-commands | OMP_NUM_THREADS=1 bash benchmarks/parallel_runs.sh 2` (stop
 # them with `pkill -TERM -f "encdec train"`: each run saves a checkpoint, no further run starts,
 # and the same pipeline later resumes what is left).
-# Small models leave a GPU mostly idle, so several runs share one. The GPU rows of docs/findings.md §6 were made by
-# this same xargs loop (inline in the GPU job; this file was extracted from it afterwards),
-# 15 at a time on one H100 (9 for the pre-norm heads runs):
+# Small models leave a GPU mostly idle, so several runs share one. The GPU rows of
+# docs/findings.md §6 were made by this same xargs loop (inline in the GPU job; this file was
+# extracted from it afterwards), 15 at a time on one H100 (9 for the pre-norm heads runs):
 #
 #   encdec study heads --values 16 --set model.d_head=64 --seeds 3 --steps 1000 \
 #       --out runs/gpu/study-heads-dk64 --print-commands \
