@@ -23,6 +23,16 @@ def test_invalid_model_configs_name_the_values(kwargs, fragment):
         ModelConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(lr_decay=1.0), "lr_decay"),
+    (dict(decay_patience=0), "decay_patience"),
+    (dict(schedule="plateau", patience=2, decay_patience=2), "before a plateau"),
+])
+def test_invalid_plateau_settings_name_the_values(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        TrainConfig(max_steps=10, **kwargs)
+
+
 def test_no_budget_is_an_error():
     with pytest.raises(ValueError, match="budget"):
         TrainConfig()

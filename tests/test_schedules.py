@@ -1,6 +1,6 @@
 import pytest
 
-from encdec.schedules import inverse_sqrt, linear, paper_peak_lr
+from encdec.schedules import inverse_sqrt, linear, paper_peak_lr, plateau
 
 
 def test_inverse_sqrt_at_the_warmup_boundary():
@@ -25,3 +25,10 @@ def test_linear_warmup_then_decay_to_zero():
     assert linear(101, warmup=100, progress=0.25) == 0.75
     assert linear(5000, warmup=100, progress=1.0) == 0.0
     assert linear(5000, warmup=100, progress=1.2) == 0.0
+
+
+def test_plateau_warms_up_then_holds_its_scale():
+    assert plateau(50, warmup=100, scale=1.0) == 0.5
+    assert plateau(100, warmup=100, scale=1.0) == plateau(10**6, warmup=100, scale=1.0) == 1.0
+    assert plateau(5000, warmup=100, scale=0.25) == 0.25
+    assert plateau(5, warmup=0, scale=0.5) == 0.5

@@ -262,6 +262,33 @@ def test_patience_stops_training_and_resume_mid_patience_stops_at_the_same_step(
     assert final["final"]["stop"].startswith("converged")
 
 
+def lrs(run) -> dict[int, float]:
+    return {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+
+
+def test_plateau_schedule_lowers_the_lr_when_the_dev_score_stalls_and_resumes_with_it(tmp_path, monkeypatch):
+    """Evaluations every 2 steps; with decay_patience 2 the LR halves at step 8 (two evaluations
+    after the best at 4), again at 16 (two after the new best at 12) and at 20 (two after that
+    decay), where patience 4 stops the run; a run stopped at step 10 resumes with the decay."""
+    cfg = copy_config(tmp_path, max_steps=200, eval_every=2, patience=4, schedule="plateau", decay_patience=2)
+    dev = [5.0, 4.0, 4.5, 4.2, 4.1, 3.0, 3.5, 3.6, 3.7, 3.8]
+    scripted_dev_loss(monkeypatch, dev)
+    summary = fit(cfg, tmp_path / "straight", RT, log=lambda m: None, progress=False)
+    assert summary["step"] == 20 and summary["stop"] == "converged: no better dev score in 4 evaluations after step 12"
+    lr = lrs(tmp_path / "straight")
+    peak = cfg.train.lr
+    assert [lr[s] / peak for s in (5, 8, 12, 16, 17, 20)] == pytest.approx([0.5, 0.8, 0.5, 0.5, 0.25, 0.25])
+    scales = [r["lr_scale"] for r in map(json.loads, (tmp_path / "straight" / "metrics.jsonl").read_text()
+                                          .splitlines()) if "dev_nll" in r]
+    assert scales == [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
+    scripted_dev_loss(monkeypatch, dev)
+    assert fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=10) == \
+        {"stopped_at": 10}
+    resumed = fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
+    assert resumed["stop"] == summary["stop"]
+    assert lrs(tmp_path / "resumed") == lr and losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
 def test_until_converged_sets_the_patience_schedule_and_cap(tmp_path):
     from typer.testing import CliRunner
 
@@ -277,6 +304,11 @@ def test_until_converged_sets_the_patience_schedule_and_cap(tmp_path):
     assert "stopped at step 4: budget" in r.output
     r = CliRunner().invoke(app, args[:-4] + ["--minutes", "5"], catch_exceptions=False)
     assert r.exit_code == 2 and "not --minutes" in r.output
+    plateau = tmp_path / "plateau"  # a schedule that needs no run length is kept
+    r = CliRunner().invoke(app, [*args[:9], str(plateau), *args[10:], "--set", "train.schedule=plateau"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads((plateau / "config.json").read_text())["train"]["schedule"] == "plateau"
 
 
 def test_milestones_are_steps_1000_times_a_power_of_two():

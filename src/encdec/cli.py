@@ -79,8 +79,10 @@ def train(
     epochs: int | None = typer.Option(None, help="Training budget in epochs."),
     until_converged: bool = typer.Option(False, "--until-converged",
                                          help="Train until train.patience (default 5) evaluations in a row find no "
-                                              "better dev score, under a cap of --steps (default 30,000), with the "
-                                              "inverse-square-root LR schedule."),
+                                              "better dev score, under a cap of --steps (default 30,000), with an LR "
+                                              "schedule that needs no run length: the inverse square root, or "
+                                              "`--set train.schedule=plateau` (halve the LR when train.decay_patience "
+                                              "evaluations find no better dev score)."),
     vocab_size: int | None = typer.Option(None, help="Joint vocabulary size (sets model and data)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     config: Path | None = typer.Option(None, help="Start from this config.json (as written in every run folder) "

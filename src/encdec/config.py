@@ -23,7 +23,7 @@ Norm = Literal["post", "pre", "deepnorm"]
 Positions = Literal["sinusoidal", "learned"]
 Activation = Literal["relu", "gelu"]
 SpmModel = Literal["unigram", "bpe"]
-Schedule = Literal["inverse_sqrt", "linear"]
+Schedule = Literal["inverse_sqrt", "linear", "plateau"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 WIRINGS: tuple[str, ...] = typing.get_args(Wiring)
@@ -178,11 +178,13 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Optimisation, budget and evaluation. `lr` is the peak learning rate for both schedules.
+    """Optimisation, budget and evaluation. `lr` is the peak learning rate of every schedule.
 
     Defaults are the CPU main job's (a fixed wall-clock budget: linear decay to zero at its end).
     The paper's schedule: train.schedule=inverse_sqrt train.warmup_steps=4000 train.lr=7e-4
     (= d_model^-0.5 * warmup^-0.5 for d_model 512; see schedules.paper_peak_lr).
+    `plateau` warms up to `lr`, holds it, and multiplies it by `lr_decay` whenever
+    `decay_patience` evaluations in a row found no better dev score (schedules.plateau).
     """
 
     seed: int = 1
@@ -191,6 +193,8 @@ class TrainConfig:
     lr: float = 2e-3  # measured on the main job (docs/findings.md)
     schedule: Schedule = "linear"
     warmup_steps: int = 150
+    lr_decay: float = 0.5  # plateau schedule: the LR's factor at each plateau
+    decay_patience: int = 2  # plateau schedule: evaluations without a better dev score that make a plateau
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
     weight_decay: float = 0.0
@@ -209,9 +213,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choices(self, "train")
         _check_minimums(self, "train", max_tokens=16, accum=1, warmup_steps=0, eval_every=1, log_every=1,
-                        average_last=1, patience=0)
+                        average_last=1, patience=0, decay_patience=1)
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
+        if not 0.0 < self.lr_decay < 1.0:
+            raise ValueError(f"train.lr_decay={self.lr_decay} must be in (0, 1)")
+        if self.schedule == "plateau" and 0 < self.patience <= self.decay_patience:
+            raise ValueError(f"train.patience={self.patience} stops the run before a plateau of "
+                             f"train.decay_patience={self.decay_patience} evaluations can lower the LR; "
+                             "make patience larger than decay_patience")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.max_steps <= 0 and self.max_epochs <= 0 and self.max_minutes <= 0:
@@ -280,17 +290,18 @@ def preset(name: str) -> ModelConfig:
 
 
 UNTIL_CONVERGED = {"patience": 5, "schedule": "inverse_sqrt", "max_steps": 30_000}
+OPEN_ENDED_SCHEDULES = ("inverse_sqrt", "plateau")  # need no run length in advance
 
 
 def until_converged(cfg: RunConfig, *, cap: int | None = None) -> RunConfig:
     """The convergence budget: train until `train.patience` evaluations in a row find no better
-    dev score (5 unless set), under a step cap (`cap`, else 30,000), with the paper's
-    inverse-square-root schedule, which needs no run length in advance (the linear schedule
-    decays to zero at a length fixed beforehand). A time or epoch budget is dropped."""
+    dev score (5 unless set), under a step cap (`cap`, else 30,000). The schedule must need no run
+    length in advance: a linear one (which decays to zero at a length fixed beforehand) becomes
+    the paper's inverse square root; `plateau` is kept. A time or epoch budget is dropped."""
     tc = cfg.train
-    return replace(cfg, train=replace(tc, patience=tc.patience or UNTIL_CONVERGED["patience"],
-                                      schedule=UNTIL_CONVERGED["schedule"], max_minutes=0.0, max_epochs=0,
-                                      max_steps=cap or UNTIL_CONVERGED["max_steps"]))
+    schedule = tc.schedule if tc.schedule in OPEN_ENDED_SCHEDULES else UNTIL_CONVERGED["schedule"]
+    return replace(cfg, train=replace(tc, patience=tc.patience or UNTIL_CONVERGED["patience"], schedule=schedule,
+                                      max_minutes=0.0, max_epochs=0, max_steps=cap or UNTIL_CONVERGED["max_steps"]))
 
 
 @dataclass(frozen=True)

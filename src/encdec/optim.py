@@ -28,10 +28,13 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optim
                              weight_decay=tc.weight_decay, fused=device in ("cpu", "cuda"))
 
 
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """The learning rate of `step`; `progress` is the fraction of the budget used (linear schedule)."""
+def lr_at(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1.0) -> float:
+    """The learning rate of `step`; `progress` is the fraction of the budget used (linear
+    schedule), `plateau_scale` the product of the plateau schedule's decays so far."""
     if cfg.schedule == "inverse_sqrt":
         return cfg.lr * schedules.inverse_sqrt(step, warmup=cfg.warmup_steps)
+    if cfg.schedule == "plateau":
+        return cfg.lr * schedules.plateau(step, warmup=cfg.warmup_steps, scale=plateau_scale)
     return cfg.lr * schedules.linear(step, warmup=cfg.warmup_steps, progress=progress)
 
 

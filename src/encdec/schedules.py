@@ -29,3 +29,11 @@ def linear(step: int, *, warmup: int, progress: float) -> float:
     step = max(step, 1)
     warm = min(1.0, step / warmup) if warmup > 0 else 1.0
     return warm * max(0.0, 1.0 - progress)
+
+
+def plateau(step: int, *, warmup: int, scale: float) -> float:
+    """Linear warm-up over `warmup` steps, then flat at `scale`: the LR factor that the training
+    loop lowers (scale *= train.lr_decay) each time the dev score stops improving. It needs no
+    run length in advance, like `inverse_sqrt`, but decays only when the dev set says so."""
+    step = max(step, 1)
+    return (min(1.0, step / warmup) if warmup > 0 else 1.0) * scale

@@ -53,6 +53,8 @@ class TrainState:
     best_step: int = 0
     snapshots: list[str] = field(default_factory=list)  # RUN/snapshots/ files kept for averaging
     last_eval: int = -1  # step of the last evaluation (its record is in metrics.jsonl)
+    lr_scale: float = 1.0  # plateau schedule: the product of its LR decays so far
+    last_decay: int = 0  # plateau schedule: step of the last LR decay
     stop_reason: str = ""  # why training ended: "budget" or "converged: ..."
 
 
@@ -114,6 +116,8 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
                     if dist.is_main:
                         evaluate_and_checkpoint(loop, state)
                     dist.barrier()
+                    if tc.schedule == "plateau":  # rank 0 evaluated, so its LR decays hold for all
+                        state.lr_scale = dist.all_sum(state.lr_scale if dist.is_main else 0.0)
     except KeyboardInterrupt:
         if dist.is_main:
             save_checkpoint(loop, state)
@@ -202,6 +206,13 @@ def budget_used(tc: TrainConfig, state: TrainState, loop: Loop) -> float:
     return max(parts)
 
 
+def on_plateau(tc: TrainConfig, state: TrainState) -> bool:
+    """The plateau schedule's rule: `tc.decay_patience` evaluations in a row found no better dev
+    score than the best, counted since the best or since the last decay, whichever is later."""
+    return (tc.schedule == "plateau"
+            and state.step - max(state.best_step, state.last_decay) >= tc.decay_patience * tc.eval_every)
+
+
 def converged(tc: TrainConfig, state: TrainState) -> bool:
     """The patience rule: `tc.patience` evaluations in a row since the best dev score, none better."""
     return tc.patience > 0 and state.last_eval >= 0 and state.step - state.best_step >= tc.patience * tc.eval_every
@@ -220,7 +231,7 @@ def one_step(loop: Loop, state: TrainState, used: float) -> None:
             for b in shard(step_batches, loop.dist)]
     total = sum(len(data.train[i][1]) + 1 for b in step_batches for i in data.train_batches[b])  # real target tokens
     state.step += 1
-    lr = lr_at(tc, state.step, used)
+    lr = lr_at(tc, state.step, used, state.lr_scale)
     out = train_step(loop.ddp, mine, loop.opt, lr, tc, loop.rt, total_tokens=total, dist=loop.dist)
     loop.window["loss"] += out["loss"] * out["tokens"]
     loop.window["tokens"] += out["tokens"]
@@ -268,7 +279,15 @@ def evaluate_and_checkpoint(loop: Loop, state: TrainState) -> None:
     if score > state.best:
         state.best, state.best_step = score, state.step
         ckpt.save_weights(loop.model, loop.run / "best.safetensors")
+    tc = loop.cfg.train
+    if on_plateau(tc, state):
+        state.lr_scale *= tc.lr_decay
+        state.last_decay = state.step
+        loop.log(f"step {state.step}: no better dev score in {tc.decay_patience} evaluations; "
+                 f"LR x {tc.lr_decay}, now {tc.lr * state.lr_scale:.3g}")
     record = {"step": state.step, "elapsed": round(now() - loop.t_start, 1), **ev}
+    if tc.schedule == "plateau":
+        record["lr_scale"] = state.lr_scale
     if loop.cfg.model.wiring == "mix":  # how the learned mix moves during training (`encdec analyze wiring`)
         record["mix_weights"] = [[round(x, 4) for x in row] for row in loop.model.wiring.mix_weights().tolist()]
     ckpt.append_metrics(loop.run, record)
