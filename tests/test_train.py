@@ -309,6 +309,7 @@ def test_until_converged_sets_the_patience_schedule_and_cap(tmp_path):
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert json.loads((plateau / "config.json").read_text())["train"]["schedule"] == "plateau"
+    assert "LR schedule plateau (x 0.5 after 2 evaluations" in r.output
 
 
 def test_milestones_are_steps_1000_times_a_power_of_two():

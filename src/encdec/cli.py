@@ -133,6 +133,11 @@ def train(
             if minutes or epochs:
                 raise ValueError("--until-converged takes a step cap (--steps), not --minutes or --epochs")
             cfg = config_until_converged(cfg, cap=steps)
+            tc = cfg.train
+            log(f"until converged: stop after {tc.patience} evaluations ({tc.eval_every} steps apart) without a "
+                f"better dev score, at most {tc.max_steps:,} steps; LR schedule {tc.schedule}"
+                + (f" (x {tc.lr_decay} after {tc.decay_patience} evaluations without a better score)"
+                   if tc.schedule == "plateau" else ""))
         if dist.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
             device = f"cuda:{dist.local_rank}"  # one GPU per process
         rt = runtime(device, cfg.train.precision)

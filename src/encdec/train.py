@@ -208,7 +208,9 @@ def budget_used(tc: TrainConfig, state: TrainState, loop: Loop) -> float:
 
 def on_plateau(tc: TrainConfig, state: TrainState) -> bool:
     """The plateau schedule's rule: `tc.decay_patience` evaluations in a row found no better dev
-    score than the best, counted since the best or since the last decay, whichever is later."""
+    score than the best, counted since the best or since the last decay, whichever is later; the
+    rule of torch's ReduceLROnPlateau(mode="max", factor=lr_decay, patience=decay_patience - 1,
+    threshold=0), kept in TrainState so that the LR stays one pure function of the step."""
     return (tc.schedule == "plateau"
             and state.step - max(state.best_step, state.last_decay) >= tc.decay_patience * tc.eval_every)
 
