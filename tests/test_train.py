@@ -281,6 +281,13 @@ def test_plateau_schedule_lowers_the_lr_when_the_dev_score_stalls_and_resumes_wi
     scales = [r["lr_scale"] for r in map(json.loads, (tmp_path / "straight" / "metrics.jsonl").read_text()
                                           .splitlines()) if "dev_nll" in r]
     assert scales == [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # the same rule in torch's words
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1, threshold=0)
+    torch_scales = []
+    for nll in dev:
+        sched.step(-nll)
+        torch_scales.append(opt.param_groups[0]["lr"])
+    assert scales == torch_scales
     scripted_dev_loss(monkeypatch, dev)
     assert fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=10) == \
         {"stopped_at": 10}
