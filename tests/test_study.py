@@ -180,6 +180,12 @@ def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp
         assert (tc["patience"], tc["schedule"], tc["max_steps"]) == (5, "inverse_sqrt", 5000)
     bad = run("study", "heads", "--until-converged", "--minutes", "5", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "not --minutes" in bad.output
+    doc = json.loads((out / "study.json").read_text())  # as written by an encdec without train.lr_decay:
+    del doc["base"]["train"]["lr_decay"]  # a field added later with a default is the same plan
+    (out / "study.json").write_text(json.dumps(doc))
+    again = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
+                "--out", out, "--print-commands", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
+    assert again.exit_code == 0 and again.stdout == r.stdout, again.output
 
 
 def test_a_recipe_that_follows_the_model_follows_each_point(tmp_path):

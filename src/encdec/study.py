@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from encdec.config import WIRINGS, RunConfig, load_json, run_config, to_dict
+from encdec.config import WIRINGS, RunConfig, from_dict, load_json, run_config, to_dict
 from encdec.config import until_converged as config_until_converged
 
 if TYPE_CHECKING:
@@ -293,12 +293,15 @@ def train_command(study_dir: Path, run: StudyRun, beam: int, limit: int = 0) -> 
 
 
 def write_plan(study_dir: Path, base: RunConfig, axes, seeds, beam: int, runs: list[StudyRun]) -> None:
-    """study.json, and each run's config.json; an existing study must have the same plan."""
+    """study.json, and each run's config.json; an existing study must have the same plan (its base
+    config compared as a config, so that a field added to encdec since, at its default, changes
+    nothing)."""
     plan_doc = {"base": to_dict(base), "axes": [[a, list(v)] for a, v in axes], "seeds": seeds, "beam": beam}
     path = study_dir / "study.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(plan_doc)):
+        rest = {k: v for k, v in json.loads(json.dumps(plan_doc)).items() if k != "base"}
+        if {k: v for k, v in old.items() if k != "base"} != rest or from_dict(old["base"]) != base:
             raise ValueError(f"{study_dir} holds a study with a different plan; use another --out "
                              "(or the same axes, seeds, budget and settings to resume)")
     study_dir.mkdir(parents=True, exist_ok=True)
