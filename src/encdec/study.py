@@ -301,7 +301,7 @@ def write_plan(study_dir: Path, base: RunConfig, axes, seeds, beam: int, runs: l
     if path.exists():
         old = json.loads(path.read_text())
         rest = {k: v for k, v in json.loads(json.dumps(plan_doc)).items() if k != "base"}
-        if {k: v for k, v in old.items() if k != "base"} != rest or from_dict(old["base"]) != base:
+        if {k: v for k, v in old.items() if k != "base"} != rest or from_dict(old.get("base", {})) != base:
             raise ValueError(f"{study_dir} holds a study with a different plan; use another --out "
                              "(or the same axes, seeds, budget and settings to resume)")
     study_dir.mkdir(parents=True, exist_ok=True)
