@@ -57,8 +57,9 @@ def test_wiring_points_choose_states_and_surface_fusion():
     # the table names the point (scheme, states, fusion), not just the scheme
     row = {"point": "wiring=dense@0+6", "wiring": "dense@0+6", "wiring_scheme": "dense", "n_enc": 6, "n_dec": 6,
            "d_model": 512, "d_ff": 2048, "h": 8, "d_k": 64, "d_v": 64, "params": 1e6, "dev_ppl": 9.0,
-           "dev_bleu": 20.0, "test_bleu": 21.0, "sent_per_s": 5.0, "seeds": 1, "reference": "wiring=final"}
-    assert "| 64 | dense@0+6 | 1.00M |" in markdown([row], ["wiring"], "t")
+           "dev_bleu": 20.0, "test_bleu": 21.0, "sent_per_s": 5.0, "seeds": 1, "reference": "wiring=final",
+           "steps": 1385}
+    assert "| 64 | dense@0+6 | 1.00M | 1385 |" in markdown([row], ["wiring"], "t")
 
 
 def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):
@@ -75,7 +76,11 @@ def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):
         for k in ("params", "dev_ppl", "dev_bleu", "test_bleu", "sent_per_s", "dev_ppl_std", "test_bleu_std"):
             assert math.isfinite(float(row[k])), (k, row)
     md = (out / "results.md").read_text()
-    assert "| h | d_k | d_v | params | dev PPL | dev BLEU | test BLEU |" in md and md.count("\n| 2 | 2 |") == 2
+    assert "| h | d_k | d_v | params | steps | dev PPL | dev BLEU | test BLEU |" in md and md.count("\n| 2 | 2 |") == 2
+    assert md.count("M | 20 | ") == 2  # the budget every run trained
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    train_h = sum(float(row["train_min"]) for row in runs) / 60
+    assert f"Compute: 4 finished runs, {train_h:.1f} h of training" in md
     assert {p.name for p in out.glob("*.png")} == {"bleu_vs_heads.png", "ppl_vs_params.png", "bleu_vs_speed.png",
                                                   "dev_bleu_vs_step.png"}
     doc = json.loads((out / "results.json").read_text())

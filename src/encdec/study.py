@@ -475,8 +475,8 @@ def collect(study_dir: Path, runs: list[StudyRun], beam: int) -> list[dict]:
                      "params": count(m)["total"], "steps": final["step"], "dev_ppl": final["dev_ppl"],
                      "dev_bleu": final["dev_score"], "test_bleu": ev["bleu"], "test_chrf": ev["chrf"],
                      "sent_per_s": ev["sent_per_s"], "train_tok_s": statistics.median(speeds) if speeds else math.nan,
-                     "train_min": final["train_min"], "best_step": final.get("best_step"),
-                     "stop": final.get("stop", "")})
+                     "train_min": final["train_min"], "total_min": final["total_min"],
+                     "best_step": final.get("best_step"), "stop": final.get("stop", "")})
     return rows
 
 
@@ -505,7 +505,7 @@ def aggregate(rows: list[dict], runs: list[StudyRun], together: dict | None = No
         pts = [r for r in rows if r["point"] == name]
         if not pts:
             continue
-        per_run = ("seed", "steps", "best_step", "stop", "delta_vs_ref", "p_vs_ref")
+        per_run = ("seed", "steps", "best_step", "stop", "delta_vs_ref", "p_vs_ref", "total_min")
         row = {k: pts[0][k] for k in pts[0] if k not in METRICS and k not in per_run}
         row["seeds"] = len(pts)
         row["steps"] = pts[0]["steps"]  # the budget; until converged, the mean of where the runs stopped
@@ -528,13 +528,14 @@ def speed_column(results: list[dict]) -> tuple[str, str]:
     return "sent_per_s", "test sent/s"
 
 
-def markdown(results: list[dict], axes: list[str], title: str) -> str:
-    """Table 3 layout: architecture columns, params, dev PPL, dev BLEU, test BLEU (mean ± std), and
-    the paired bootstrap against the reference point (pooled over seeds, then per seed)."""
+def markdown(results: list[dict], axes: list[str], title: str, footer: str = "") -> str:
+    """Table 3 layout: architecture columns, params, steps trained (until converged: the mean of
+    where the seeds stopped), dev PPL, dev BLEU, test BLEU (mean ± std), and the paired bootstrap
+    against the reference point (pooled over seeds, then per seed); `footer` below the table."""
     cols = ["N enc", "N dec", "d_model", "d_ff", "h", "d_k", "d_v"] + (["wiring"] if "wiring" in axes else [])
     speed, speed_label = speed_column(results)
     reference = results[0].get("reference", "") if results else ""
-    head = cols + ["params", "dev PPL", "dev BLEU", "test BLEU", f"Δ BLEU vs {reference} (p pooled; per seed)",
+    head = cols + ["params", "steps", "dev PPL", "dev BLEU", "test BLEU", f"Δ BLEU vs {reference} (p pooled; per seed)",
                    speed_label, "seeds"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -549,9 +550,21 @@ def markdown(results: list[dict], axes: list[str], title: str) -> str:
             test = f"{r['delta_vs_ref']:+.2f} (p {r['p_vs_ref']:.3f}; {r['p_vs_ref_per_seed']})"
         else:
             test = "reference" if r["point"] == reference else "–"
-        lines.append("| " + " | ".join(str(x) for x in arch) + f" | {r['params'] / 1e6:.2f}M | {pm(r, 'dev_ppl')} | "
-                     f"{pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {test} | {r[speed]:.1f} | {r['seeds']} |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join(str(x) for x in arch) + f" | {r['params'] / 1e6:.2f}M | {r['steps']} | "
+                     f"{pm(r, 'dev_ppl')} | {pm(r, 'dev_bleu')} | {pm(r, 'test_bleu')} | {test} | {r[speed]:.1f} | "
+                     f"{r['seeds']} |")
+    return "\n".join(lines) + "\n" + (f"\n{footer}\n" if footer else "")
+
+
+def compute_used(rows: list[dict]) -> str:
+    """What the finished runs cost: hours of training and of training plus evaluation, summed."""
+    if not rows:
+        return ""
+    train_h = sum(r["train_min"] for r in rows) / 60
+    total_h = sum(r["total_min"] for r in rows) / 60
+    runs = f"{len(rows)} finished run" + ("s" if len(rows) > 1 else "")
+    return (f"Compute: {runs}, {train_h:.1f} h of training, {total_h:.1f} h with the dev "
+            "evaluations (summed over runs; per run: train_min and total_min in runs.csv).")
 
 
 def write_results(study: StudyPlan) -> list[dict]:
@@ -580,7 +593,7 @@ def write_results(study: StudyPlan) -> list[dict]:
     (folder / "results.json").write_text(json.dumps({"runs": rows, "results": results, "significance": tests,
                                                      "dev_bleu_by_step": curve}, indent=2) + "\n")
     if results:
-        (folder / "results.md").write_text(markdown(results, study.axis_names, study.title))
+        (folder / "results.md").write_text(markdown(results, study.axis_names, study.title, compute_used(rows)))
         plots.study_points(results, study.axis_names, folder, study.title, speed_column(results))
         plots.study_curves(curve, folder, study.title)
     return results
