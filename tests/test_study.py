@@ -191,6 +191,17 @@ def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp
     again = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
                 "--out", out, "--print-commands", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
     assert again.exit_code == 0 and again.stdout == r.stdout, again.output
+    # --collect says where each unfinished run stands: step, latest and best dev BLEU, patience used
+    evals = [(250, 3.0), (500, 7.5), (750, 7.5), (1000, 7.1), (1250, 6.9)]  # best at 500; 750 ties, not better
+    records = [{"step": s, "loss": 1.0} for s in range(20, 1301, 20)] + [{"step": s, "dev_bleu": b} for s, b in evals]
+    (out / "heads=4/seed-1/metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    status = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
+                 "--out", out, "--collect", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
+    text = " ".join(status.output.split())
+    assert status.exit_code == 2 and "no finished runs to report yet" in text
+    assert "heads=1/seed-1: not started" in text
+    assert ("heads=4/seed-1: step 1,300 of 5,000, dev BLEU 6.90 at step 1,250 (best 7.50 at step 500; "
+            "3 of 5 evaluations without a better one)") in text
 
 
 def test_a_recipe_that_follows_the_model_follows_each_point(tmp_path):

@@ -285,6 +285,28 @@ def is_finished(study_dir: Path, run: StudyRun, beam: int) -> bool:
     return result_path(study_dir / run.folder, "test", beam).exists()
 
 
+def progress(study_dir: Path, run: StudyRun) -> str:
+    """Where an unfinished run stands, from its metrics.jsonl: the step reached, its latest and best
+    dev BLEU, and (with the patience rule on) how many evaluations since the best."""
+    from encdec.checkpoint import read_metrics
+
+    folder = study_dir / run.folder
+    if not (folder / "metrics.jsonl").exists():
+        return f"{run.folder}: not started"
+    records = read_metrics(folder)
+    step = max((r["step"] for r in records if "step" in r), default=0)
+    evals = [(r["step"], r["dev_bleu"]) for r in records if "dev_bleu" in r]
+    text = f"{run.folder}: step {step:,} of {run.cfg.train.max_steps:,}"
+    if not evals:
+        return text + ", no evaluation yet"
+    best_step, best = max(evals, key=lambda e: (e[1], -e[0]))  # the first evaluation reaching the best score
+    text += f", dev BLEU {evals[-1][1]:.2f} at step {evals[-1][0]:,} (best {best:.2f} at step {best_step:,}"
+    tc = run.cfg.train
+    if tc.patience:
+        text += f"; {(evals[-1][0] - best_step) // tc.eval_every} of {tc.patience} evaluations without a better one"
+    return text + ")"
+
+
 def train_command(study_dir: Path, run: StudyRun, beam: int, limit: int = 0) -> list[str]:
     """A self-contained shell command for one run (its config.json is written by `write_plan`)."""
     folder = study_dir / run.folder

@@ -42,7 +42,8 @@ def study(
                                                     "(for SLURM or any scheduler) and exit; rerun without it "
                                                     "to collect the results."),
     collect_only: bool = typer.Option(False, "--collect", help="Train nothing: report the runs finished so far "
-                                                              "(e.g. while a scheduler's runs are going)."),
+                                                              "and where each unfinished one stands (e.g. while "
+                                                              "a scheduler's runs are going)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     budget_curves: bool = typer.Option(False, help="Score the test BLEU of every finished run at its kept "
                                                    "milestones (steps 1k, 2k, 4k, ...) and plot it against the "
@@ -84,7 +85,9 @@ def study(
             print(shlex.join(studies.train_command(plan.folder, r, plan.beam, plan.limit)))
         return
     if collect_only and todo:
-        log(f"--collect: {len(todo)} unfinished runs left alone")
+        log(f"--collect: {len(todo)} unfinished runs left alone:")
+        for r in todo:
+            log("  " + studies.progress(plan.folder, r))
         todo = []
     try:
         if todo and executor == "ray":

@@ -71,12 +71,22 @@ def study_points(results: list[dict], axes: list[str], out: Path, title: str,
 
 
 def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str) -> Path:
-    """Dev BLEU against training step, one line per point (mean ± std over seeds)."""
+    """Dev BLEU against training step, one line per point: the mean over seeds, a band of ± one
+    std. Runs stopped by convergence end at different steps; past a seed's end the line follows
+    the seeds still training (the marker turns hollow where fewer than all of them are left)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, by_step in curve.items():
         steps = sorted(by_step)
-        ax.errorbar(steps, [statistics.fmean(by_step[k]) for k in steps], fmt="o-", capsize=3, label=name,
-                    yerr=[seed_std(by_step[k]) for k in steps])
+        means = [statistics.fmean(by_step[k]) for k in steps]
+        stds = [seed_std(by_step[k]) for k in steps]
+        (line,) = ax.plot(steps, means, "-", label=name)
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=line.get_color(), alpha=0.2)
+        seeds = max(len(v) for v in by_step.values())
+        for full in (True, False):
+            xs = [k for k in steps if (len(by_step[k]) == seeds) == full]
+            ax.plot(xs, [means[steps.index(k)] for k in xs], "o", ms=3, color=line.get_color(),
+                    fillstyle="full" if full else "none")
     ax.set_xlabel("training step")
     ax.set_ylabel("dev BLEU (subset, mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
