@@ -193,7 +193,8 @@ def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp
     assert again.exit_code == 0 and again.stdout == r.stdout, again.output
     # --collect says where each unfinished run stands: step, latest and best dev BLEU, patience used
     evals = [(250, 3.0), (500, 7.5), (750, 7.5), (1000, 7.1), (1250, 6.9)]  # best at 500; 750 ties, not better
-    records = [{"step": s, "loss": 1.0} for s in range(20, 1301, 20)] + [{"step": s, "dev_bleu": b} for s, b in evals]
+    records = [{"step": s, "loss": 1.0} for s in range(20, 1301, 20)] + [{"step": s, "dev_nll": 2.0, "dev_bleu": b}
+                                                                        for s, b in evals]
     (out / "heads=4/seed-1/metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
     status = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
                  "--out", out, "--collect", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
@@ -202,6 +203,14 @@ def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp
     assert "heads=1/seed-1: not started" in text
     assert ("heads=4/seed-1: step 1,300 of 5,000, dev BLEU 6.90 at step 1,250 (best 7.50 at step 500; "
             "3 of 5 evaluations without a better one)") in text
+    # without a dev BLEU subset a run ranks by dev loss, and so does its progress line
+    losses = [(250, 3.0), (500, 2.5), (750, 2.6)]
+    (out / "heads=4/seed-1/metrics.jsonl").write_text("".join(json.dumps({"step": s, "dev_nll": v}) + "\n"
+                                                              for s, v in losses))
+    status = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
+                 "--out", out, "--collect", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
+    assert ("heads=4/seed-1: step 750 of 5,000, dev loss 2.60 at step 750 (best 2.50 at step 500; "
+            "1 of 5 evaluations without a better one)") in " ".join(status.output.split())
 
 
 def test_a_recipe_that_follows_the_model_follows_each_point(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from encdec import checkpoint as ckpt
-from encdec.checkpoint import load_run
+from encdec.checkpoint import load_run, read_metrics
 from encdec.config import DataConfig, RunConfig, TrainConfig, preset
 from encdec.data import load_corpus
 from encdec.data.vocab import Vocab
@@ -28,12 +28,8 @@ def copy_config(tmp_path, cache=CACHE, **train) -> RunConfig:
                      train=TrainConfig(**base))
 
 
-def records(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def losses(run) -> list[float]:
-    return [r["loss"] for r in records(run) if "loss" in r]
+    return [r["loss"] for r in read_metrics(run) if "loss" in r]
 
 
 def test_twenty_steps_lower_the_loss(tmp_path):
@@ -262,12 +258,12 @@ def test_patience_stops_training_and_resume_mid_patience_stops_at_the_same_step(
     resumed = fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False)
     assert resumed["step"] == 8 and resumed["stop"] == summary["stop"]
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
-    final = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()][-1]
+    final = read_metrics(tmp_path / "resumed")[-1]
     assert final["final"]["stop"].startswith("converged")
 
 
 def lrs(run) -> dict[int, float]:
-    return {r["step"]: r["lr"] for r in records(run) if "lr" in r}
+    return {r["step"]: r["lr"] for r in read_metrics(run) if "lr" in r}
 
 
 def test_plateau_schedule_lowers_the_lr_when_the_dev_score_stalls_and_resumes_with_it(tmp_path, monkeypatch):
@@ -282,7 +278,7 @@ def test_plateau_schedule_lowers_the_lr_when_the_dev_score_stalls_and_resumes_wi
     lr = lrs(tmp_path / "straight")
     peak = cfg.train.lr
     assert [lr[s] / peak for s in (5, 8, 12, 16, 17, 20)] == pytest.approx([0.5, 0.8, 0.5, 0.5, 0.25, 0.25])
-    scales = [r["lr_scale"] for r in records(tmp_path / "straight") if "dev_nll" in r]
+    scales = [r["lr_scale"] for r in read_metrics(tmp_path / "straight") if "dev_nll" in r]
     assert scales == [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # the same rule in torch's words
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1, threshold=0)

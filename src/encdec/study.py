@@ -287,7 +287,8 @@ def is_finished(study_dir: Path, run: StudyRun, beam: int) -> bool:
 
 def progress(study_dir: Path, run: StudyRun) -> str:
     """Where an unfinished run stands, from its metrics.jsonl: the step reached, its latest and best
-    dev BLEU, and (with the patience rule on) how many evaluations since the best."""
+    dev score (dev BLEU on the subset, or the dev loss without one: what the run itself ranks by,
+    `encdec.train.dev_score`), and (with the patience rule on) how many evaluations since the best."""
     from encdec.checkpoint import read_metrics
 
     folder = study_dir / run.folder
@@ -295,15 +296,17 @@ def progress(study_dir: Path, run: StudyRun) -> str:
         return f"{run.folder}: not started"
     records = read_metrics(folder)
     step = max((r["step"] for r in records if "step" in r), default=0)
-    evals = [(r["step"], r["dev_bleu"]) for r in records if "dev_bleu" in r]
+    evals = [r for r in records if "dev_nll" in r]
     text = f"{run.folder}: step {step:,} of {run.cfg.train.max_steps:,}"
     if not evals:
         return text + ", no evaluation yet"
-    best_step, best = max(evals, key=lambda e: (e[1], -e[0]))  # the first evaluation reaching the best score
-    text += f", dev BLEU {evals[-1][1]:.2f} at step {evals[-1][0]:,} (best {best:.2f} at step {best_step:,}"
+    name, key, sign = ("dev BLEU", "dev_bleu", 1) if "dev_bleu" in evals[-1] else ("dev loss", "dev_nll", -1)
+    best = max(evals, key=lambda r: (sign * r[key], -r["step"]))  # the first evaluation reaching the best score
+    best_step, last = best["step"], evals[-1]
+    text += f", {name} {last[key]:.2f} at step {last['step']:,} (best {best[key]:.2f} at step {best_step:,}"
     tc = run.cfg.train
     if tc.patience:
-        text += f"; {(evals[-1][0] - best_step) // tc.eval_every} of {tc.patience} evaluations without a better one"
+        text += f"; {(last['step'] - best_step) // tc.eval_every} of {tc.patience} evaluations without a better one"
     return text + ")"
 
 
