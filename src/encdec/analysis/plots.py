@@ -70,6 +70,16 @@ def study_points(results: list[dict], axes: list[str], out: Path, title: str,
     return files
 
 
+def _mean_band(ax, xs: list[int], per_x: list[list[float]], fmt: str, label: str):
+    """Plot the mean over seeds at each x with a band of ± one std; returns (line, means)."""
+    means = [statistics.fmean(v) for v in per_x]
+    stds = [seed_std(v) for v in per_x]
+    (line,) = ax.plot(xs, means, fmt, label=label)
+    ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                    color=line.get_color(), alpha=0.2)
+    return line, means
+
+
 def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str) -> Path:
     """Dev BLEU against training step, one line per point: the mean over seeds, a band of ± one
     std. Runs stopped by convergence end at different steps; past a seed's end the line follows
@@ -77,11 +87,7 @@ def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, by_step in curve.items():
         steps = sorted(by_step)
-        means = [statistics.fmean(by_step[k]) for k in steps]
-        stds = [seed_std(by_step[k]) for k in steps]
-        (line,) = ax.plot(steps, means, "-", label=name)
-        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=line.get_color(), alpha=0.2)
+        line, means = _mean_band(ax, steps, [by_step[k] for k in steps], "-", name)
         seeds = max(len(v) for v in by_step.values())
         for full in (True, False):
             xs = [k for k in steps if (len(by_step[k]) == seeds) == full]
@@ -101,12 +107,7 @@ def budget_curves(curves: dict[str, dict], out: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, c in curves.items():
         steps = sorted(c["milestones"], key=int)
-        means = [statistics.fmean(c["milestones"][k]) for k in steps]
-        stds = [seed_std(c["milestones"][k]) for k in steps]
-        xs = [int(k) for k in steps]
-        (line,) = ax.plot(xs, means, "o-", label=name)
-        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=line.get_color(), alpha=0.2)
+        line, _ = _mean_band(ax, [int(k) for k in steps], [c["milestones"][k] for k in steps], "o-", name)
         if c["end"]:
             end_steps, end_bleu = [e[0] for e in c["end"]], [e[1] for e in c["end"]]
             x = statistics.fmean(end_steps)
