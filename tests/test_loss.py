@@ -93,3 +93,18 @@ def test_bf16_products_stay_within_stated_tolerances_of_fp32(surface):
         rel = float((approx - exact).norm() / exact.norm())
         assert rel < (1e-3 if what in ("loss", "nll") else 2e-2), (what, rel)
         assert rel > 0 or what in ("loss", "nll"), f"{what}: bf16 products should differ from fp32 at all"
+
+
+def test_a_target_far_below_the_best_logit_keeps_a_finite_exact_loss():
+    """The loss takes log-sum-exp from the largest probability (>= 1/V, never underflows), so a
+    target 200 nats below the best logit, whose probability underflows fp32, still has its exact loss."""
+    hidden = torch.zeros(1, 2, D)
+    hidden[0, :, 0] = 1.0
+    weight = torch.zeros(V, D)
+    weight[7, 0] = 100.0  # logit 100 for token 7
+    weight[9, 0] = -100.0  # logit -100 for token 9
+    target = torch.tensor([[9, 7]])
+    loss, nll, _ = fused_output_loss(hidden, weight.requires_grad_(), target, pad_id=PAD, smoothing=0.0)
+    ce = F.cross_entropy(hidden[0] @ weight.t(), target[0], reduction="sum")
+    assert torch.isfinite(loss) and ce.item() > 199
+    torch.testing.assert_close(nll, ce.detach())

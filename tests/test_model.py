@@ -1,9 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from encdec.config import NORMS, WIRINGS
 from encdec.data.vocab import PAD
-from encdec.model import Transformer, attend
+from encdec.model import Transformer, _explicit_is_faster, attend
 
 from conftest import random_batch, tiny
 
@@ -88,6 +89,29 @@ def test_attend_causal_single_query_sees_all_keys():
     q, k, v = torch.randn(1, 1, 1, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)
     _, w = attend(q, k, v, None, causal=True, dropout=0.0, need_weights=True)
     assert (w > 0).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bf16_attention_on_cpu_runs_the_explicit_path_and_matches_sdpa(causal):
+    """In bf16 on a CPU, training-sized attention takes the explicit softmax path (faster there:
+    `_explicit_is_faster`); it must compute what SDPA computes in fp32, forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # padded keys of the second sentence
+    grad = torch.randn(2, 4, 6, 8, generator=g)
+    full_mask = mask & torch.ones(6, 6, dtype=torch.bool).tril() if causal else mask
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in, attn_mask=full_mask)
+    ref.backward(grad)
+    bf = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    assert _explicit_is_faster(bf[0], 6, 6) and not _explicit_is_faster(q, 6, 6)  # fp32 keeps SDPA
+    out, w = attend(*bf, mask, causal=causal, dropout=0.0, need_weights=False)
+    assert w is None and out.dtype == torch.bfloat16
+    out.backward(grad.bfloat16())
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    for got, want in zip(bf, ref_in):
+        torch.testing.assert_close(got.grad.float(), want.grad, atol=5e-2, rtol=5e-2)
 
 
 def test_d_head_may_differ_from_d_model_over_heads(batch):

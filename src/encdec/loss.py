@@ -53,21 +53,30 @@ class _FusedOutputLoss(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad else None
         loss = hidden.new_zeros((), dtype=acc)
         nll = hidden.new_zeros((), dtype=acc)
+        rows = min(chunk, hidden.size(0))
+        # buffers reused by every chunk (fresh (rows x V) tensors cost page faults each time)
+        logits_buf = hidden.new_empty((rows, V), dtype=matmul_dtype)  # logits, then d loss / d logits
+        work_buf = hidden.new_empty((rows, V), dtype=acc) if matmul_dtype != acc else None  # the same in acc
         for start in range(0, hidden.size(0), chunk):
             h, t = hidden[start : start + chunk].to(matmul_dtype), target[start : start + chunk]  # (n, D), (n,)
-            z = (h @ w.t()).to(acc)  # (n, V) logits
-            if surface is not None:  # fused log-probabilities
+            n = h.size(0)
+            z = torch.mm(h, w.t(), out=logits_buf[:n])  # (n, V) logits
+            if surface is not None:  # fused log-probabilities, (n, V) in acc
                 hs = surface[start : start + chunk].to(matmul_dtype)
-                z = (1 - lam) * torch.log_softmax(z, -1) + lam * torch.log_softmax((hs @ w.t()).to(acc), -1)
-            lse = torch.logsumexp(z, dim=-1)  # (n,)
-            nll_rows = lse - z.gather(1, t[:, None]).squeeze(1)  # (n,)
+                z = (1 - lam) * torch.log_softmax(z, -1, dtype=acc) + lam * torch.log_softmax(hs @ w.t(), -1, dtype=acc)
+            work = z if z.dtype == acc else work_buf[:n].copy_(z)  # (n, V) logits in acc
+            z_max = work.amax(dim=-1)  # (n,)
+            z_mean, z_t = work.mean(dim=-1), work.gather(1, t[:, None]).squeeze(1)  # (n,) each
+            p = torch.softmax(work, -1, out=work)  # (n, V), in place: one exp pass serves loss and gradient
+            lse = z_max - p.amax(dim=-1).log()  # (n,); the largest probability is >= 1/V: no underflow
+            nll_rows = lse - z_t  # (n,)
             nll = nll + nll_rows.sum()
-            loss = loss + (1 - smoothing) * nll_rows.sum() + smoothing * (lse - z.mean(dim=-1)).sum()
-            if need_grad:
-                g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g.sub_(smoothing / V)
-                g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing  # d loss / d logits
-                g = g.to(matmul_dtype)
+            loss = loss + (1 - smoothing) * nll_rows.sum() + smoothing * (lse - z_mean).sum()
+            if need_grad:  # d loss / d logits = softmax - smoothing / V - (1 - smoothing) onehot
+                g = p.sub_(smoothing / V)
+                g[torch.arange(n, device=g.device), t] -= 1 - smoothing
+                if g.dtype != matmul_dtype:
+                    g = logits_buf[:n].copy_(g)  # rounded
                 gw = torch.mm(g, w)  # (n, D)
                 if surface is None:
                     grad_hidden[start : start + chunk] = gw
