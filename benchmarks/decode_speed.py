@@ -12,7 +12,9 @@ decoders take turns round by round. Sharing one process skews the comparison: af
 CTranslate2 had decoded in the same process, encdec's greedy decoding ran at 57.5 sentences/s
 against 79.7 in a process of its own (2026-11-27; the libraries bring their own MKL and OpenMP
 runtimes). `encdec-int8` is encdec with `encdec.quantize.quantize_int8`. Peers are optional.
-`encdec-compiled` (not in the default list) is encdec with its decoding step under
+`encdec-bf16` (not in the default list) decodes under bf16 autocast, as `--precision bf16`
+does (`auto` decodes in fp32: `encdec.runtime`). `encdec-compiled` (not in the default list) is
+encdec with its decoding step under
 `torch.compile(dynamic=True)` and inductor's weight freezing, instead of the packed weights of
 `fast_inference` (whose MKL op torch.compile cannot trace); its compile time falls in the
 warm-up pass and is printed as `warm_sec`.
@@ -23,6 +25,7 @@ warm-up pass and is printed as `warm_sec`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -36,7 +39,7 @@ import torch
 from memory import peak_rss_mib, reset_peak_rss
 
 DECODERS = ("encdec", "encdec-int8", "hf", "ct2-float32", "ct2-int8")  # the default list
-OPTIONAL = ("encdec-compiled",)
+OPTIONAL = ("encdec-compiled", "encdec-bf16")
 
 
 def sources(run: Path, n: int, src_len: int) -> list[list[int]]:
@@ -57,7 +60,7 @@ def make_decoder(name: str, run: Path, export_dir: Path, beam: int, out_len: int
     """A function that decodes a list of source id lists (each ending without EOS)."""
     from encdec.data.batching import encode_sources
 
-    if name in ("encdec", "encdec-int8", "encdec-compiled"):
+    if name in ("encdec", "encdec-int8", "encdec-compiled", "encdec-bf16"):
         from encdec.checkpoint import load_run
         from encdec.decode import beam_search, greedy
         from encdec.quantize import quantize_int8
@@ -66,16 +69,17 @@ def make_decoder(name: str, run: Path, export_dir: Path, beam: int, out_len: int
         model = quantize_int8(model) if name == "encdec-int8" else model.eval()
         fast = model.fast_inference
         if name == "encdec-compiled":
-            import contextlib
-
             from torch._inductor import config as inductor
 
             inductor.freezing = True  # weights as constants, prepacked for the CPU
             model.decode_step = torch.compile(model.decode_step, dynamic=True)
             fast = model.fast_inference = contextlib.nullcontext  # plain nn.Linear products, traceable
 
+        bf16 = name == "encdec-bf16"
+
         def run_encdec(srcs):
-            with fast():  # once for all batches, as `translate_ids` does
+            amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with fast(), amp:  # once for all batches, as `translate_ids` does
                 for i in range(0, len(srcs), batch):
                     src, mask = encode_sources(srcs[i : i + batch])
                     if beam == 1:

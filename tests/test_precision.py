@@ -7,6 +7,7 @@ import torch
 
 from encdec import runtime
 from encdec.config import TrainConfig
+from encdec.decode import translate_ids
 from encdec.model import Transformer
 from encdec.optim import make_optimizer, train_step
 from encdec.runtime import Runtime
@@ -59,3 +60,28 @@ def test_auto_precision_on_a_gpu_is_tf32(monkeypatch):
 def test_unknown_precision_is_a_clear_error():
     with pytest.raises(ValueError, match="choose auto, fp32 or bf16"):
         Runtime.create("cpu", "fp16")
+
+
+def test_auto_decodes_in_fp32_where_it_trains_in_bf16(monkeypatch):
+    """On a CPU the fp32 decoding path (weights laid out for few rows) beats bf16 autocast, so auto
+    decodes in fp32 even on a bf16 CPU: the same tokens as an fp32 runtime. bf16 asked for (or
+    forced) decodes in bf16."""
+    monkeypatch.delenv(runtime.FORCE_PRECISION, raising=False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    auto = Runtime.create("cpu", "auto")
+    assert auto.amp_dtype is torch.bfloat16 and auto.decode_amp_dtype is None
+    assert "(decoding fp32)" in auto.describe()
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    sources = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+    dtypes = set()
+    model.decoder[0].self_attn.qkv.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's context (training): decoding sets its own
+        got = translate_ids(model, sources, auto, beam=2)
+    assert dtypes == {torch.float32}
+    assert got == translate_ids(model, sources, Runtime.create("cpu", "fp32"), beam=2)
+    translate_ids(model, sources, Runtime.create("cpu", "bf16"), beam=2)
+    assert dtypes == {torch.float32, torch.bfloat16}
+    assert Runtime.create("cpu", "bf16").decode_amp_dtype is torch.bfloat16
+    monkeypatch.setenv(runtime.FORCE_PRECISION, "bf16")
+    assert Runtime.create("cpu", "auto").decode_amp_dtype is torch.bfloat16

@@ -234,7 +234,7 @@ def translate_ids(model, sources: list[list[int]], rt: Runtime, *, beam: int = 1
     for idx in bucket([(len(s), len(s)) for s in sources], budget):
         src, mask = encode_sources([sources[i] for i in idx])
         src, mask = src.to(rt.device), mask.to(rt.device)
-        with rt.autocast():
+        with rt.decode_autocast():
             if beam == 1:
                 hyps = greedy(model, src, mask, max_len=max_len - 1)
             else:

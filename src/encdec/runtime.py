@@ -7,11 +7,17 @@ TF32, for a cause not yet established (benchmarks/gpu_check.sh is the prepared c
 picks the faster of the two as measured. `--precision bf16` still selects bf16 there. The
 environment variable ENCDEC_FORCE_PRECISION=bf16|fp32 overrides auto's choice, so the bf16 path
 can be tested on a CPU without native bf16 (emulated: correct, but slow) and vice versa.
+
+Decoding has its own choice (`decode_autocast`): under "auto" it runs in fp32 everywhere, even
+where training runs in bf16, because on a CPU the fp32 decoding path with weights laid out for
+few rows (`encdec.linear`) is faster than bf16 autocast (2-core AMD EPYC with AVX512_BF16,
+`benchmarks/decode_speed.py --decoders encdec,encdec-bf16`: greedy 262 vs 191 and beam 4 83.6
+vs 72.8 sentences/s) and fp32 is the reference. An explicit bf16 (or ENCDEC_FORCE_PRECISION=bf16)
+decodes in bf16 too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import random
@@ -47,6 +53,7 @@ def cpu_is_intel() -> bool:
 class Runtime:
     device: torch.device
     amp_dtype: torch.dtype | None  # None = plain fp32
+    decode_amp_dtype: torch.dtype | None = None  # the same for decoding (module docstring)
 
     @staticmethod
     def create(device: str = "auto", precision: str = "auto") -> Runtime:
@@ -58,32 +65,44 @@ class Runtime:
             raise ValueError(f"unknown device {device!r}: {e}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+        decode_amp = None
         if precision == "fp32":
             amp = None
         elif precision == "bf16":
-            amp = torch.bfloat16
+            amp = decode_amp = torch.bfloat16
         elif precision == "auto":
             forced = os.environ.get(FORCE_PRECISION, "")
             if forced not in ("", "fp32", "bf16"):
                 raise ValueError(f"{FORCE_PRECISION}={forced!r}; choose fp32 or bf16 (or unset it)")
             native = dev.type == "cpu" and cpu_has_bf16()  # GPUs: TF32 (module docstring)
             amp = torch.bfloat16 if forced == "bf16" or (native and not forced) else None
+            decode_amp = torch.bfloat16 if forced == "bf16" else None
         else:
             raise ValueError(f"precision={precision!r}; choose auto, fp32 or bf16")
         if dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        return Runtime(dev, amp)
+        return Runtime(dev, amp, decode_amp)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        """Training's (and every forward pass's) precision."""
+        return _autocast(self.device, self.amp_dtype)
+
+    def decode_autocast(self):
+        """Decoding's precision (module docstring)."""
+        return _autocast(self.device, self.decode_amp_dtype)
 
     def describe(self) -> str:
         prec = "fp32" if self.amp_dtype is None else f"{str(self.amp_dtype).removeprefix('torch.')} autocast"
+        if self.decode_amp_dtype != self.amp_dtype:
+            prec += f" (decoding {'fp32' if self.decode_amp_dtype is None else self.decode_amp_dtype})"
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
         return f"{self.device.type} {prec}{threads}"
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to dtype, or off (None) even inside a caller's autocast (evaluation within training)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def seed_everything(seed: int) -> None:

@@ -47,11 +47,11 @@ def measure(cfg: ModelConfig, rt: Runtime, *, src_len: int = 30, decode_tokens: 
     model.eval()
 
     def encode():
-        with torch.inference_mode(), rt.autocast():
+        with torch.inference_mode(), rt.decode_autocast():
             model.encode(src, mask)
 
     def decode():
-        with torch.inference_mode(), rt.autocast():
+        with torch.inference_mode(), rt.decode_autocast():
             cache = model.start_decoding(src, mask)
             tokens = first
             for _ in range(decode_tokens):
@@ -59,7 +59,7 @@ def measure(cfg: ModelConfig, rt: Runtime, *, src_len: int = 30, decode_tokens: 
                 tokens = logits[:, -1].argmax(-1, keepdim=True)
 
     def encode_only():
-        with torch.inference_mode(), rt.autocast():
+        with torch.inference_mode(), rt.decode_autocast():
             model.start_decoding(src, mask)
 
     rows = max(1, train_tokens // src_len)
