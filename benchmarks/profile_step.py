@@ -1,8 +1,9 @@
 """Where one training step of the `small` preset spends its time on this CPU, and the GEMM ceiling.
 
-usage: .venv/bin/python benchmarks/profile_step.py [DROPOUT]   (default 0, the main job's)
-Random tokens, a batch of 128 x 30 source / 32 target tokens, fp32, all cores, encdec's own
-training step (`encdec.optim.train_step`).
+usage: .venv/bin/python benchmarks/profile_step.py [DROPOUT [PRECISION]]   (defaults: 0, the main
+job's dropout, and fp32; PRECISION fp32 | bf16 | auto)
+Random tokens, a batch of 128 x 30 source / 32 target tokens, all cores, encdec's own training
+step (`encdec.optim.train_step`).
 """
 
 import sys
@@ -43,13 +44,14 @@ def main() -> None:
     src, tgt = torch.randint(4, 8000, (B, S)), torch.randint(4, 8000, (B, T))
     batch = Batch(src, torch.ones(B, S, dtype=torch.bool), tgt, tgt)
     tc = TrainConfig(lr=1e-4, max_steps=1)
-    opt, rt = make_optimizer(model, tc), Runtime.create("cpu", "fp32")
+    precision = sys.argv[2] if len(sys.argv) > 2 else "fp32"
+    opt, rt = make_optimizer(model, tc), Runtime.create("cpu", precision)
 
     def step():
         train_step(model, [batch], opt, tc.lr, tc, rt)
 
     dt = timed(step, 5)
-    print(f"training step: {dt:.2f} s, {B * T / dt:.0f} target tokens/s")
+    print(f"training step ({rt.describe()}): {dt:.3f} s, {B * T / dt:.0f} target tokens/s")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
         step()

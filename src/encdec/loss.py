@@ -7,6 +7,10 @@ label-smoothed loss and, while training, the gradient of the loss with respect t
 logits, (1 - e) (softmax - onehot) + e (softmax - 1/V), which it immediately multiplies back
 into the gradients of the hidden states and of the output matrix. The backward pass then only
 scales the stored gradients. Same loss as `metrics.sequence_loss` (tested to float tolerance).
+One exp pass per chunk serves loss and gradient: the softmax is taken in place, and the
+log-sum-exp is recovered as max(z) - log(max(softmax)), whose probability is at least 1/V and so
+never underflows (a target's probability may). The chunk's buffers are reused: a fresh
+(rows x V) tensor per chunk costs page faults (benchmarks/README.md, the speed levers).
 
 With SurfaceFusion (`model.SurfaceFusion`) a second set of rows, the source-side states, goes
 through the same output matrix, and the loss is taken on the fused log-probabilities
@@ -16,7 +20,7 @@ d loss / d z_src = lam g: the same chunked scheme applies to both.
 
 Under bf16 autocast (`matmul_dtype=torch.bfloat16`) the products of the output layer run in bf16
 like every other layer's: hidden states, output matrix and d loss / d logits are rounded to bf16,
-the logits come back in bf16 and everything after them (log-softmax, the sums, the accumulated
+the logits come back in bf16 and everything after them (softmax, the sums, the accumulated
 gradient of the output matrix) is fp32. These products are about a third of a `small` step's
 FLOPs; left in fp32 they ran at MKL's fp32 rate (a quarter of bf16's on an AVX512_BF16 CPU).
 tests/test_loss.py states the tolerances against the fp32 loss.
