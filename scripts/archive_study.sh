@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy the small results of a study (or of one run folder) into the work tree, never weights:
 #   scripts/archive_study.sh ~/encdec-runs/converged-wiring docs/study/converged-wiring
-# Keeps the study's results.{md,csv,json}, runs.csv, study.json, decode_speed.json and plots, and
+# Keeps the study's results.{md,csv,json}, runs.csv, study.json, decode_speed.json, budget_curves.json and plots, and
 # for every run its config.json, metrics.jsonl, eval.*.json and hyps.*.txt: what a later session
 # needs to rebuild the tables, rerun the significance tests or plot the curves.
 set -euo pipefail
@@ -19,7 +19,7 @@ while IFS= read -r -d '' f; do
     cp "$f" "$dest/$f"
     n=$((n + 1))
 done < <(find . -type f \( -name 'results.md' -o -name 'results.csv' -o -name 'results.json' -o -name 'runs.csv' \
-    -o -name 'study.json' -o -name 'decode_speed.json' -o -name '*.png' -o -name 'config.json' \
+    -o -name 'study.json' -o -name 'decode_speed.json' -o -name 'budget_curves.json' -o -name '*.png' -o -name 'config.json' \
     -o -name 'metrics.jsonl' -o -name 'eval.*.json' -o -name 'hyps.*.txt' \) \
     -not -path './*checkpoint*' -not -path '*/snapshots/*' -not -path '*/tensorboard/*' -print0)
 echo "archived $n files of $src into $dest"

@@ -229,3 +229,29 @@ def test_a_recipe_that_follows_the_model_follows_each_point(tmp_path):
     assert r.exit_code == 0, r.output
     for d in (256, 1024):
         assert json.loads((tmp_path / "p" / f"width={d}" / "seed-1" / "config.json").read_text())["train"]["lr"] == 1e-3
+
+
+def test_archive_script_keeps_every_small_result_and_no_weights(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    study = tmp_path / "study"
+    kept = ["results.md", "results.csv", "results.json", "runs.csv", "study.json", "decode_speed.json",
+            "budget_curves.json", "budget_curves.png", "wiring=final/seed-1/config.json",
+            "wiring=final/seed-1/metrics.jsonl", "wiring=final/seed-1/eval.test.beam4.json",
+            "wiring=final/seed-1/hyps.test.beam4.txt"]
+    dropped = ["wiring=final/seed-1/best.safetensors", "wiring=final/seed-1/vocab.model",
+               "wiring=final/seed-1/milestones/step-1000.safetensors", "wiring=final/seed-1/checkpoint/config.json",
+               "wiring=final/seed-1/snapshots/a.png", "wiring=final/seed-1/train.log"]
+    for name in kept + dropped:
+        (study / name).parent.mkdir(parents=True, exist_ok=True)
+        (study / name).write_text(name)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "archive_study.sh"
+    done = subprocess.run(["bash", str(script), str(study), str(tmp_path / "docs")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    copied = sorted(str(p.relative_to(tmp_path / "docs")) for p in (tmp_path / "docs").rglob("*") if p.is_file())
+    assert copied == sorted(kept)
+    assert (tmp_path / "docs" / kept[-1]).read_text() == kept[-1]
+    bad = subprocess.run(["bash", str(script), str(tmp_path / "missing"), str(tmp_path / "d")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
