@@ -71,3 +71,30 @@ def test_kills_before_the_first_checkpoint_during_a_checkpoint_write_and_mid_run
     assert sum("final" in r for r in got) == 1
     assert [r["loss"] for r in got if "loss" in r] == [r["loss"] for r in want if "loss" in r]
     assert [r["dev_nll"] for r in got if "dev_nll" in r] == [r["dev_nll"] for r in want if "dev_nll" in r]
+
+
+def test_a_second_trainer_of_a_busy_run_folder_is_refused(tmp_path):
+    """Two processes training one folder would resume from the same checkpoint and write every log
+    record twice (it happened: a study and a scheduler's line on the same run). The second is
+    refused with the holder's pid, and a killed holder frees the folder at once."""
+    from encdec.checkpoint import is_busy, run_lock
+
+    run = tmp_path / "run"
+    hold = ("import sys, time\nfrom pathlib import Path\nfrom encdec.checkpoint import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_busy(run)
+        second = subprocess.run(command(run, CACHE), capture_output=True, text=True, env=ENV, timeout=120)
+        text = " ".join(second.stderr.split())
+        assert second.returncode == 2 and "Traceback" not in text, second.stderr
+        assert f"is being trained by another process (pid {holder.pid})" in text
+        assert not (run / "metrics.jsonl").exists() and not (run / "checkpoint").exists()  # it touched nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not is_busy(run)  # the kernel dropped the killed holder's lock
+    with run_lock(run):
+        assert is_busy(run)  # held in this process: another open of the folder is refused too
+    assert not is_busy(run)

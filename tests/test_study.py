@@ -231,6 +231,24 @@ def test_a_recipe_that_follows_the_model_follows_each_point(tmp_path):
         assert json.loads((tmp_path / "p" / f"width={d}" / "seed-1" / "config.json").read_text())["train"]["lr"] == 1e-3
 
 
+def test_a_study_skips_a_run_another_process_trains_and_reporting_trains_nothing(tmp_path):
+    from encdec.checkpoint import run_lock
+
+    out = tmp_path / "busy"
+    with run_lock(out / "heads=1/seed-2"):  # as a scheduler's `encdec train` line would hold it
+        r = smoke(tmp_path, "heads", "--values", "1", "--out", out)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert "heads=1/seed-2: being trained by another process; skipped" in text
+    assert (out / "heads=1/seed-1/model.safetensors").exists() and not (out / "heads=1/seed-2/checkpoint").exists()
+    assert list(csv.DictReader((out / "results.csv").open()))[0]["seeds"] == "1"
+    for flag in ("--budget-curves", "--time-decoding"):  # reports on what is finished, trains nothing
+        again = smoke(tmp_path, "heads", "--values", "1", "--out", out, flag)
+        text = " ".join(again.output.split())
+        assert again.exit_code == 0 and f"{flag}: 1 unfinished runs left alone" in text, again.output
+        assert "run 1/" not in text and not (out / "heads=1/seed-2/checkpoint").exists()
+
+
 def test_archive_script_keeps_every_small_result_and_no_weights(tmp_path):
     import subprocess
     from pathlib import Path

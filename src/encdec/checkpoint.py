@@ -10,15 +10,18 @@ runs/NAME/
   milestones/            weights at steps 1k, 2k, 4k, 8k, ... (kept: test BLEU along the budget)
   metrics.jsonl          training log
   tensorboard/           the same log for TensorBoard (when the package is installed)
+  .lock                  held (flock) by the process training the run; holds its pid
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -214,6 +217,46 @@ def load_run(run: Path, *, weights: str = "model.safetensors") -> tuple[RunConfi
     load_weights(model, path)
     model.eval()
     return cfg, model
+
+
+class RunBusy(ValueError):
+    """Another process is training this run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Hold the run folder for one trainer: a second process training the same folder would
+    resume from the same checkpoint and write every log record and checkpoint twice. The lock is
+    an flock on `run/.lock`, so the kernel drops it when its process dies, however it dies.
+    Raises RunBusy (naming the holder's pid) when another process holds it."""
+    import fcntl
+
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / ".lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunBusy(f"{run} is being trained by another process (pid {holder}); wait for it to end or "
+                          "stop it (Ctrl-C or kill: it saves a checkpoint) before training this folder") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_busy(run: Path) -> bool:
+    """Whether another process is training `run` now (see `run_lock`)."""
+    try:
+        with run_lock(run):
+            return False
+    except RunBusy:
+        return True
 
 
 def clear_logs(run: Path) -> None:

@@ -222,14 +222,20 @@ def make_plan(axis: str, values: str | None, grid_axes: list[str], overrides: li
 def run_local(study: StudyPlan, todo: list[StudyRun], rt: Runtime, *, log: Callable[[str], None] = print,
               status: Callable[[str], None] = lambda text: None, advance: Callable[[], None] = lambda: None) -> None:
     """Train and score the runs one after another in this process. `status` gets the current
-    run's latest news, `advance` is called after each run. Raises ValueError naming the run that
-    failed, and `train.Interrupted` on Ctrl-C (rerunning the study resumes)."""
+    run's latest news, `advance` is called after each run; a run another process is training is
+    skipped. Raises ValueError naming the run that failed, and `train.Interrupted` on Ctrl-C
+    (rerunning the study resumes)."""
+    from encdec.checkpoint import is_busy
     from encdec.evaluation import score_run
     from encdec.train import fit
 
     for i, r in enumerate(todo, start=1):
         head = f"run {i}/{len(todo)}: {r.folder}"
         status(head)
+        if is_busy(study.folder / r.folder):  # e.g. a scheduler's `encdec train` line, or a second study process
+            log(f"{head}: being trained by another process; skipped (rerun the study to collect it when it ends)")
+            advance()
+            continue
         log(head)
 
         def run_log(msg: str, head: str = head) -> None:

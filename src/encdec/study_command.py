@@ -45,12 +45,14 @@ def study(
                                                               "and where each unfinished one stands (e.g. while "
                                                               "a scheduler's runs are going)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    budget_curves: bool = typer.Option(False, help="Score the test BLEU of every finished run at its kept "
-                                                   "milestones (steps 1k, 2k, 4k, ...) and plot it against the "
-                                                   "step (budget_curves.json, test_bleu_vs_budget.png)."),
-    time_decoding: bool = typer.Option(False, help="Before reporting, time every finished point's decoding "
-                                                   "together (200 test sentences, 3 interleaved rounds; run on a "
-                                                   "quiet machine): runs made hours apart are not comparable."),
+    budget_curves: bool = typer.Option(False, help="Train nothing (like --collect): score the test BLEU of every "
+                                                   "finished run at its kept milestones (steps 1k, 2k, 4k, ...) "
+                                                   "and plot it against the step (budget_curves.json, "
+                                                   "test_bleu_vs_budget.png)."),
+    time_decoding: bool = typer.Option(False, help="Train nothing (like --collect): before reporting, time every "
+                                                   "finished point's decoding together (200 test sentences, 3 "
+                                                   "interleaved rounds; run on a quiet machine): runs made hours "
+                                                   "apart are not comparable."),
 ):
     """Sweep depth, heads, width or wiring on an equal budget with K seeds; print Table 3.
 
@@ -84,8 +86,9 @@ def study(
         for r in todo:
             print(shlex.join(studies.train_command(plan.folder, r, plan.beam, plan.limit)))
         return
-    if collect_only and todo:
-        log(f"--collect: {len(todo)} unfinished runs left alone:")
+    if (collect_only or budget_curves or time_decoding) and todo:  # reporting never trains
+        flag = "--collect" if collect_only else "--budget-curves" if budget_curves else "--time-decoding"
+        log(f"{flag}: {len(todo)} unfinished runs left alone:")
         for r in todo:
             log("  " + studies.progress(plan.folder, r))
         todo = []

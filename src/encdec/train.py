@@ -90,7 +90,13 @@ def fit(cfg: RunConfig, run: Path, rt: Runtime, *, log: Log = print, progress: b
     dist = dist or Dist()
     if not dist.is_main:
         log, progress = (lambda msg: None), False
-    loop, state = _start(cfg, Path(run), rt, dist, log, progress)
+    with ckpt.run_lock(Path(run)) if dist.is_main else contextlib.nullcontext():  # one trainer per folder
+        return _fit(cfg, Path(run), rt, log, progress, stop_after_steps, dist)
+
+
+def _fit(cfg: RunConfig, run: Path, rt: Runtime, log: Log, progress: bool, stop_after_steps: int | None,
+         dist: Dist) -> dict:
+    loop, state = _start(cfg, run, rt, dist, log, progress)
     tc, steps_here = cfg.train, 0
     try:
         with loop.bar, deferred_interrupts() as signals:
