@@ -273,3 +273,21 @@ def test_archive_script_keeps_every_small_result_and_no_weights(tmp_path):
     bad = subprocess.run(["bash", str(script), str(tmp_path / "missing"), str(tmp_path / "d")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_a_long_study_title_is_wrapped_to_its_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from encdec.analysis import plots
+
+    long = "bible:es-en, small base + " + " + ".join(f"train.setting_{i}=value" for i in range(8)) + ", until converged"
+    fig, (wide, narrow) = plt.subplots(1, 2, figsize=(8, 3))
+    wide.set_title("short", fontsize=10)
+    narrow.set_title(long, fontsize=10)
+    fig.suptitle(long, fontsize=10)
+    plots._save(fig, tmp_path / "f.png")
+    assert wide.get_title() == "short"
+    for text, inches in ((narrow.title, 4), (fig._suptitle, 8)):  # no line wider than its axes or the figure
+        lines = text.get_text().split("\n")
+        assert len(lines) > 1 and " ".join(lines) == long
+        assert max(map(len, lines)) * 0.55 * 10 <= inches * 72

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import statistics
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,8 +19,22 @@ ROLE_ABBR = {"positional-prev": "prev", "positional-same": "same", "positional-n
              "eos-sink": "eos", "punctuation": "punct", "broad": "broad", "mixed": "mixed"}
 
 
+def _wrap_titles(fig) -> None:
+    """Break titles wider than their axes (a study's title names every --set) into lines."""
+    def fill(text, inches: float) -> None:
+        chars = int(inches * 72 / (0.55 * text.get_fontsize()))  # ~0.55 em per character
+        if text.get_text() and len(text.get_text()) > chars:
+            text.set_text(textwrap.fill(text.get_text(), max(chars, 20)))
+
+    for ax in fig.axes:
+        fill(ax.title, ax.get_position().width * fig.get_figwidth())
+    if fig._suptitle is not None:
+        fill(fig._suptitle, fig.get_figwidth())
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _wrap_titles(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
