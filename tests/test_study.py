@@ -175,6 +175,8 @@ def test_study_mistakes(tmp_path):
 
 
 def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp_path):
+    from encdec.checkpoint import run_lock
+
     out = tmp_path / "conv"
     r = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
             "--out", out, "--print-commands", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
@@ -201,15 +203,16 @@ def test_until_converged_study_plans_runs_with_the_patience_rule_under_a_cap(tmp
     text = " ".join(status.output.split())
     assert status.exit_code == 2 and "no finished runs to report yet" in text
     assert "heads=1/seed-1: not started" in text
-    assert ("heads=4/seed-1: step 1,300 of 5,000, dev BLEU 6.90 at step 1,250 (best 7.50 at step 500; "
+    assert ("heads=4/seed-1: stopped at step 1,300 of 5,000, dev BLEU 6.90 at step 1,250 (best 7.50 at step 500; "
             "3 of 5 evaluations without a better one)") in text
     # without a dev BLEU subset a run ranks by dev loss, and so does its progress line
     losses = [(250, 3.0), (500, 2.5), (750, 2.6)]
     (out / "heads=4/seed-1/metrics.jsonl").write_text("".join(json.dumps({"step": s, "dev_nll": v}) + "\n"
                                                               for s, v in losses))
-    status = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
-                 "--out", out, "--collect", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
-    assert ("heads=4/seed-1: step 750 of 5,000, dev loss 2.60 at step 750 (best 2.50 at step 500; "
+    with run_lock(out / "heads=4/seed-1"):  # and a run some process is training says so
+        status = run("study", "heads", "--values", "1,4", "--seeds", "1", "--until-converged", "--steps", "5000",
+                     "--out", out, "--collect", "--data", "synthetic:copy", "--set", f"data.cache_dir={CACHE}")
+    assert ("heads=4/seed-1: training at step 750 of 5,000, dev loss 2.60 at step 750 (best 2.50 at step 500; "
             "1 of 5 evaluations without a better one)") in " ".join(status.output.split())
 
 

@@ -294,8 +294,9 @@ def is_finished(study_dir: Path, run: StudyRun, beam: int) -> bool:
 def progress(study_dir: Path, run: StudyRun) -> str:
     """Where an unfinished run stands, from its metrics.jsonl: the step reached, its latest and best
     dev score (dev BLEU on the subset, or the dev loss without one: what the run itself ranks by,
-    `encdec.train.dev_score`), and (with the patience rule on) how many evaluations since the best."""
-    from encdec.checkpoint import read_metrics
+    `encdec.train.dev_score`), how many evaluations since the best (with the patience rule on),
+    and whether a process is training it now."""
+    from encdec.checkpoint import is_busy, read_metrics
 
     folder = study_dir / run.folder
     if not (folder / "metrics.jsonl").exists():
@@ -303,7 +304,7 @@ def progress(study_dir: Path, run: StudyRun) -> str:
     records = read_metrics(folder)
     step = max((r["step"] for r in records if "step" in r), default=0)
     evals = [r for r in records if "dev_nll" in r]
-    text = f"{run.folder}: step {step:,} of {run.cfg.train.max_steps:,}"
+    text = f"{run.folder}: {'training' if is_busy(folder) else 'stopped'} at step {step:,} of {run.cfg.train.max_steps:,}"
     if not evals:
         return text + ", no evaluation yet"
     name, key, sign = ("dev BLEU", "dev_bleu", 1) if "dev_bleu" in evals[-1] else ("dev loss", "dev_nll", -1)
