@@ -239,7 +239,7 @@ def run_lock(run: Path) -> Iterator[None]:
             f.seek(0)
             holder = f.read().strip() or "unknown"
             raise RunBusy(f"{run} is being trained by another process (pid {holder}); wait for it to end or "
-                          "stop it (Ctrl-C or kill: it saves a checkpoint) before training this folder") from None
+                          "stop it (Ctrl-C or `kill PID`: it saves a checkpoint) before training this folder") from None
         try:
             f.seek(0)
             f.truncate()

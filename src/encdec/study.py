@@ -304,7 +304,8 @@ def progress(study_dir: Path, run: StudyRun) -> str:
     records = read_metrics(folder)
     step = max((r["step"] for r in records if "step" in r), default=0)
     evals = [r for r in records if "dev_nll" in r]
-    text = f"{run.folder}: {'training' if is_busy(folder) else 'stopped'} at step {step:,} of {run.cfg.train.max_steps:,}"
+    state = "training" if is_busy(folder) else "stopped"
+    text = f"{run.folder}: {state} at step {step:,} of {run.cfg.train.max_steps:,}"
     if not evals:
         return text + ", no evaluation yet"
     name, key, sign = ("dev BLEU", "dev_bleu", 1) if "dev_bleu" in evals[-1] else ("dev loss", "dev_nll", -1)
