@@ -109,3 +109,39 @@ def test_transformer_base_trains_with_the_papers_recipe(tmp_path):
     tc = json.loads((out / "config.json").read_text())["train"]
     assert (tc["schedule"], tc["warmup_steps"]) == ("inverse_sqrt", 4000)
     assert tc["lr"] == pytest.approx(64**-0.5 * 4000**-0.5)  # the paper's peak follows the d_model trained
+
+
+def test_compare_tests_two_systems_on_the_same_sentences(tmp_path):
+    from encdec.config import run_config, save_json
+    from encdec.data import load_corpus
+
+    pairs = load_corpus("synthetic:copy", CACHE).split("test")
+    refs = [p.tgt for p in pairs]
+    worse = [" ".join(r.split()[: len(r.split()) // 2]) for r in refs]  # half of every sentence
+    base = tmp_path / "base.txt"
+    base.write_text("".join(h + "\n" for h in worse))
+    run_dir = tmp_path / "run"  # a run folder: its config names the corpus, its hypotheses file is found
+    run_dir.mkdir()
+    save_json(run_config("tiny", "synthetic:copy", steps=1, overrides=[f"data.cache_dir={CACHE}"]),
+              run_dir / "config.json")
+    (run_dir / "hyps.test.beam4.txt").write_text("".join(r + "\n" for r in refs))
+    r = run("compare", str(base), str(run_dir), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["sentences"] == len(pairs) and doc["bleu"] == 100.0 and doc["baseline_bleu"] < 50
+    assert doc["delta"] == round(doc["bleu"] - doc["baseline_bleu"], 2) and doc["p"] < 0.01
+    groups = doc["by_source_length"]
+    assert sum(g["sentences"] for g in groups) == len(pairs) and len(groups) <= 3
+    assert all(g["bleu"] == 100.0 and g["words"][0] <= g["words"][1] for g in groups)
+    assert [g["words"][0] for g in groups] == sorted(g["words"][0] for g in groups)
+    assert all(a["words"][1] < b["words"][0] for a, b in zip(groups, groups[1:]))  # no length in two groups
+    same = run("compare", str(run_dir), str(run_dir))  # a system against itself: no difference
+    assert same.exit_code == 0 and "+0.00" in same.stdout and "not significant" in same.stdout
+    short = tmp_path / "short.txt"
+    short.write_text("one line\n")
+    for args, message in (((str(short), str(run_dir)), "the baseline has 1 lines"),
+                          ((str(tmp_path / "nope.txt"), str(run_dir)), "no such file or run folder"),
+                          ((str(tmp_path), str(run_dir)), "not a run folder"),
+                          ((str(run_dir), str(run_dir), "--split", "dev"), "score the run first")):
+        bad = run("compare", *args)
+        assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output

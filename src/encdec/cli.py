@@ -238,6 +238,62 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
 
 
 @app.command()
+def compare(baseline: Path = typer.Argument(..., help="Hypothesis file (one line per sentence) or run folder."),
+            system: Path = typer.Argument(..., help="The same for the system tested against the baseline."),
+            data: str | None = typer.Option(None, help="Corpus of the references (default: the run folder's; "
+                                                       "bible:es-en for two files)."),
+            split: str = typer.Option("test", help="dev | test"),
+            beam: int = typer.Option(BEAM, help="Which hypotheses a run folder gives: hyps.<split>.beam<k>.txt."),
+            buckets: int = typer.Option(3, help="Source-length groups of equal size for the BLEU breakdown."),
+            as_json: bool = typer.Option(False, "--json")):
+    """Is SYSTEM better than BASELINE on the same sentences? BLEU and chrF of each, sacreBLEU's paired
+    bootstrap (1,000 resamples; p), and BLEU by source length.
+
+    Each argument is a hypotheses file or a run folder (its hyps.<split>.beam<k>.txt, as written by
+    `encdec evaluate` and at the end of `encdec train`)."""
+    from encdec.data import load_corpus
+    from encdec.evaluation import compare as compare_hyps
+    from encdec.evaluation import hyps_path
+
+    if split not in ("dev", "test"):
+        fail(f"--split={split!r}; choose dev or test")
+    if buckets < 1:
+        fail(f"--buckets={buckets} must be >= 1")
+    files, cache_dir = [], None
+    for path in (baseline, system):
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                fail(f"{path} is a folder but not a run folder (no config.json)")
+            cfg = load_json(path / "config.json")
+            data, cache_dir = data or cfg.data.source, cache_dir or cfg.data.cache_dir
+            path = hyps_path(path, split, beam)
+            if not path.exists():
+                fail(f"{path} does not exist: score the run first (`encdec evaluate --checkpoint "
+                     f"{path.parent} --split {split} --beam {beam}`)")
+        elif not path.exists():
+            fail(f"{path}: no such file or run folder")
+        files.append(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    try:
+        pairs = load_corpus(data or "bible:es-en", cache_dir, log=log).split(split)
+        result = compare_hyps(*files, pairs, buckets=buckets)
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{split}, {result['sentences']} sentences, reference WEB; paired bootstrap, 1,000 resamples")
+    print(f"baseline  BLEU {result['baseline_bleu']:6.2f}  chrF {result['baseline_chrf']:6.2f}   {baseline}")
+    print(f"system    BLEU {result['bleu']:6.2f}  chrF {result['chrf']:6.2f}   {system}")
+    print(f"delta     BLEU {result['delta']:+6.2f}  p {result['p']:.3f}"
+          + ("  (significant at 0.05)" if result["p"] < 0.05 else "  (not significant at 0.05)"))
+    print("BLEU by source length (words):")
+    for b in result["by_source_length"]:
+        lo, hi = b["words"]
+        print(f"  {lo:>3}-{hi:<3} {b['sentences']:>5} sentences  baseline {b['baseline_bleu']:6.2f}  "
+              f"system {b['bleu']:6.2f}  delta {b['bleu'] - b['baseline_bleu']:+6.2f}")
+
+
+@app.command()
 def params(preset_name: str | None = typer.Argument(None, metavar="[PRESET]",
                                                     help=f"One of: {', '.join(MODEL_PRESETS)}; none: all of them."),
            vocab_size: int | None = typer.Option(None, help="Shared vocabulary size (default: the preset's)."),

@@ -118,3 +118,37 @@ def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: fl
                        "bleu_2refs_signature": b2.signature})
     result_path(run, split, beam, int8).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def compare(baseline: list[str], system: list[str], pairs: list, *, buckets: int = 3) -> dict:
+    """Two systems' hypotheses of the same sentences (`pairs`, a corpus split): BLEU and chrF of
+    each against the main reference, sacreBLEU's paired bootstrap (`metrics.paired_bootstrap`), and
+    BLEU by source length: the sentences sorted by source words and cut into `buckets` groups of
+    equal size (ties kept together), so "better on long sentences" is one look."""
+    from encdec.metrics import paired_bootstrap
+
+    if not (len(baseline) == len(system) == len(pairs)):
+        raise ValueError(f"the baseline has {len(baseline)} lines, the system {len(system)}, the split "
+                         f"{len(pairs)} sentences: hypotheses must be one line per sentence of the split")
+    refs = [p.tgt for p in pairs]
+    test = paired_bootstrap(baseline, system, [refs])
+    result = {"sentences": len(pairs), "baseline_bleu": round(test["baseline_bleu"], 2),
+              "bleu": round(test["bleu"], 2), "delta": round(test["delta"], 2), "p": round(test["p"], 4),
+              "baseline_chrf": round(chrf(baseline, [refs]).score, 2), "chrf": round(chrf(system, [refs]).score, 2),
+              "by_source_length": []}
+    words = [len(p.src.split()) for p in pairs]
+    order = sorted(range(len(pairs)), key=words.__getitem__)
+    start = 0
+    for k in range(1, buckets + 1):
+        end = round(k * len(order) / buckets)
+        while 0 < end < len(order) and words[order[end]] == words[order[end - 1]]:
+            end += 1  # a length is never split between two buckets
+        idx = order[start:end]
+        if idx:
+            ref = [[refs[i] for i in idx]]
+            result["by_source_length"].append({
+                "words": [words[idx[0]], words[idx[-1]]], "sentences": len(idx),
+                "baseline_bleu": round(bleu([baseline[i] for i in idx], ref).score, 2),
+                "bleu": round(bleu([system[i] for i in idx], ref).score, 2)})
+        start = end
+    return result

@@ -74,6 +74,9 @@ def paired_bootstrap(baseline: list[str], system: list[str], refs: list[list[str
 
     if len(baseline) != len(system):
         raise ValueError(f"paired test of {len(system)} against {len(baseline)} hypotheses: not the same sentences")
+    if baseline == system:  # every resample differs by 0; sacreBLEU's counting reports p 0.001 for that
+        score = bleu(system, refs).score
+        return {"baseline_bleu": score, "bleu": score, "delta": 0.0, "p": 1.0}
     test = PairedTest([("baseline", baseline), ("system", system)], {"BLEU": sacrebleu.BLEU()}, refs,
                       test_type="bs", n_samples=resamples)
     _, scores = test()
