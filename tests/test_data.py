@@ -49,3 +49,36 @@ def test_collate_shapes_and_specials():
     assert b.tgt_in.tolist() == [[BOS, 7, PAD, PAD], [BOS, 7, 8, 9]]
     assert b.tgt_out.tolist() == [[7, EOS, PAD, PAD], [7, 8, 9, EOS]]
     assert b.n_tokens == 6
+
+
+def test_a_process_waits_while_another_fills_the_cache(tmp_path):
+    """Runs started together on a fresh machine must not write the same cache files at once: a
+    second process asking for the vocabulary waits while the cache folder's lock is held, then
+    reads what the holder wrote instead of training its own."""
+    import subprocess
+    import sys
+    import time
+
+    from encdec.config import DataConfig
+    from encdec.data import cache_lock, corpus_dir
+    from encdec.data.prepare import vocab_path
+    from encdec.data.vocab import train_vocab
+
+    cfg = DataConfig(source="synthetic:copy", vocab_size=64, cache_dir=str(tmp_path))
+    folder = corpus_dir(cfg.source, cfg.cache_dir)
+    script = ("from encdec.config import DataConfig; from encdec.data import load_corpus; "
+              "from encdec.data.prepare import load_vocab; "
+              f"cfg = DataConfig(source='synthetic:copy', vocab_size=64, cache_dir={str(tmp_path)!r}); "
+              "corpus = load_corpus(cfg.source); print('ready', flush=True); "
+              "print(load_vocab(cfg, corpus).size)")
+    with cache_lock(folder):
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline() == "ready\n"
+        time.sleep(2)  # an unlocked process trains its own 64 pieces in well under this
+        assert other.poll() is None, "the second process did not wait for the lock"
+        texts = [t for p in load_corpus(cfg.source).train for t in (p.src, p.tgt)]
+        vocab = train_vocab(texts, vocab_path(cfg).with_suffix(""), vocab_size=64)
+        written = vocab_path(cfg).stat().st_mtime_ns
+    out, _ = other.communicate(timeout=120)
+    assert other.returncode == 0 and int(out) == vocab.size
+    assert vocab_path(cfg).stat().st_mtime_ns == written  # it read the file, it did not train again

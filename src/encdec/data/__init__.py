@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from encdec.data import bible, synthetic, text
-from encdec.data.corpus import Pair, ParallelCorpus, cache_root, load_cached, save_corpus
+from encdec.data.corpus import Pair, ParallelCorpus, cache_lock, cache_root, load_cached, save_corpus
 
-__all__ = ["Pair", "ParallelCorpus", "load_corpus", "corpus_dir"]
+__all__ = ["Pair", "ParallelCorpus", "cache_lock", "load_corpus", "corpus_dir"]
 
 
 def corpus_dir(source: str, cache_dir: str | None = None) -> Path:
@@ -30,14 +30,15 @@ def load_corpus(source: str, cache_dir: str | None = None, *, log=None) -> Paral
         if arg != "es-en":
             raise ValueError(f"unknown Bible pair {arg!r}; available: bible:es-en")
         folder = corpus_dir(source, cache_dir)
-        cached = load_cached(source, folder)
-        if cached is not None:
-            return cached
-        t0 = time.time()
-        if log:
-            log(f"preparing {source} from the SWORD modules (once; cached in {folder}) ...")
-        corpus = bible.build()
-        save_corpus(corpus, folder)
+        with cache_lock(folder):
+            cached = load_cached(source, folder)
+            if cached is not None:
+                return cached
+            t0 = time.time()
+            if log:
+                log(f"preparing {source} from the SWORD modules (once; cached in {folder}) ...")
+            corpus = bible.build()
+            save_corpus(corpus, folder)
         if log:
             log(f"prepared {source} in {time.time() - t0:.0f} s")
         return corpus

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +34,23 @@ class ParallelCorpus:
 def cache_root(override: str | None = None) -> Path:
     root = override or os.environ.get("ENCDEC_CACHE") or Path.home() / ".cache" / "encdec"
     return Path(root)
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` while checking and filling its cache: runs started together on a fresh machine
+    (`benchmarks/parallel_runs.sh`) would otherwise all prepare the corpus and train the vocabulary
+    at once, writing the same files under each other. The others wait (an flock on
+    `folder/.lock`, dropped by the kernel however its holder dies), then find the cache filled."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def save_corpus(corpus: ParallelCorpus, folder: Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encdec.config import DataConfig, RunConfig
-from encdec.data import ParallelCorpus, corpus_dir, load_corpus
+from encdec.data import ParallelCorpus, cache_lock, corpus_dir, load_corpus
 from encdec.data.batching import bucket
 from encdec.data.vocab import Vocab, train_vocab
 
@@ -32,12 +32,13 @@ def vocab_path(cfg: DataConfig) -> Path:
 def load_vocab(cfg: DataConfig, corpus: ParallelCorpus, log: Log | None = None) -> Vocab:
     """The corpus's joint SentencePiece vocabulary, trained on its train split once and cached."""
     path = vocab_path(cfg)
-    if path.exists():
-        return Vocab(path)
-    if log:
-        log(f"training a joint {cfg.spm_model} SentencePiece vocabulary of {cfg.vocab_size} on the train split ...")
-    texts = [t for p in corpus.train for t in (p.src, p.tgt)]
-    return train_vocab(texts, path.with_suffix(""), vocab_size=cfg.vocab_size, model_type=cfg.spm_model)
+    with cache_lock(path.parent):
+        if path.exists():
+            return Vocab(path)
+        if log:
+            log(f"training a joint {cfg.spm_model} SentencePiece vocabulary of {cfg.vocab_size} on the train split ...")
+        texts = [t for p in corpus.train for t in (p.src, p.tgt)]
+        return train_vocab(texts, path.with_suffix(""), vocab_size=cfg.vocab_size, model_type=cfg.spm_model)
 
 
 def prepare_data(cfg: RunConfig, log: Log | None = None) -> Data:
