@@ -30,6 +30,8 @@ def test_help_shows_syntax_and_file_names_verbatim():
     assert "SCHEME[@S1+S2...][+sfLAMBDA]" in study
     assert "eval.<split>.beam<k>.json" in run("evaluate", "--help", env={"COLUMNS": "200"}).output
     assert "gradflow_<scheme>.csv" in run("analyze", "gradflow", "--help", env={"COLUMNS": "200"}).output
+    compare = run("compare", "--help", env={"COLUMNS": "200"}).output
+    assert "hyps.<split>.beam<k>.txt" in compare and "hyps..beam" not in compare
 
 
 def test_user_mistakes_are_one_clear_line(tmp_path):

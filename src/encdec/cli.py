@@ -243,13 +243,13 @@ def compare(baseline: Path = typer.Argument(..., help="Hypothesis file (one line
             data: str | None = typer.Option(None, help="Corpus of the references (default: the run folder's; "
                                                        "bible:es-en for two files)."),
             split: str = typer.Option("test", help="dev | test"),
-            beam: int = typer.Option(BEAM, help="Which hypotheses a run folder gives: hyps.<split>.beam<k>.txt."),
+            beam: int = typer.Option(BEAM, help="Which hypotheses a run folder gives: `hyps.<split>.beam<k>.txt`."),
             buckets: int = typer.Option(3, help="Source-length groups of equal size for the BLEU breakdown."),
             as_json: bool = typer.Option(False, "--json")):
     """Is SYSTEM better than BASELINE on the same sentences? BLEU and chrF of each, sacreBLEU's paired
     bootstrap (1,000 resamples; p), and BLEU by source length.
 
-    Each argument is a hypotheses file or a run folder (its hyps.<split>.beam<k>.txt, as written by
+    Each argument is a hypotheses file or a run folder (its `hyps.<split>.beam<k>.txt`, as written by
     `encdec evaluate` and at the end of `encdec train`)."""
     from encdec.data import load_corpus
     from encdec.evaluation import compare as compare_hyps
