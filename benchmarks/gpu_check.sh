@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 [ -x "$py" ] || py=python3
 out=${OUT:-gpu-check}
-timeout 480 "$py" benchmarks/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out.log"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the device image has no .venv with encdec installed
+mkdir -p "$out"
+timeout 480 "$py" benchmarks/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"

@@ -1,10 +1,10 @@
 """The only place that decides device, autocast dtype, threads and seeds (../shared/STYLE.md C9).
 
 `precision="auto"` picks bf16 autocast on a CPU with native bf16 (AVX512_BF16 or AMX) and fp32
-elsewhere. On a GPU it picks fp32 with TF32 matrix products: the one GPU measurement so far (an
-H100, README "Scale out") trained the same losses ≥ 13× slower under bf16 autocast than in
-TF32, for a cause not yet established (benchmarks/gpu_check.sh is the prepared check); auto
-picks the faster of the two as measured. `--precision bf16` still selects bf16 there. The
+elsewhere. On a GPU it picks fp32 with TF32 matrix products: with cuDNN attention switched off
+(below), bf16 autocast measured 0.88-0.97x TF32's speed at 3,000-token batches and 1.15-1.47x
+only at 25,000 (H200, benchmarks/gpu_check.sh, README "Scale out"), so TF32 is the faster choice
+at the batch sizes encdec trains with by default. `--precision bf16` still selects bf16 there. The
 environment variable ENCDEC_FORCE_PRECISION=bf16|fp32 overrides auto's choice, so the bf16 path
 can be tested on a CPU without native bf16 (emulated: correct, but slow) and vice versa.
 
@@ -82,6 +82,11 @@ class Runtime:
         if dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            # cuDNN's attention builds an execution plan for every new batch shape (~100 ms of CPU
+            # in its backward on an H200), and training batches come in dozens of shapes: this was
+            # bf16's 13-20x slowdown (benchmarks/gpu_check.sh, docs/gpu/). Flash / memory-efficient
+            # attention need no plan.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         return Runtime(dev, amp, decode_amp)
 
     def autocast(self):
