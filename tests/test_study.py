@@ -134,11 +134,13 @@ def test_print_commands_runs_are_collected(tmp_path):
     commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("encdec train")]
     assert len(commands) == 2
     for i, cmd in enumerate(commands):  # what a scheduler would run
-        done = run(*cmd[1:])
+        done = run(*cmd[1:], "--precision", "fp32")  # as parallel_runs.sh appends its EXTRA arguments
         assert done.exit_code == 0, done.output
         if i == 0:  # one run done, one to go: --collect reports it and trains nothing
             partial = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out, "--collect")
             assert partial.exit_code == 0 and "1 unfinished runs left alone" in partial.output.replace("\n", "")
+            # the trainer's record of the run is kept, not rewritten with the plan's precision "auto"
+            assert json.loads((out / "wiring=final/seed-1/config.json").read_text())["train"]["precision"] == "fp32"
             assert not (out / "wiring=dense/seed-1/metrics.jsonl").exists()
             assert [row["wiring_scheme"] for row in csv.DictReader((out / "results.csv").open())] == ["final"]
     r = smoke(tmp_path, "wiring", "--values", "final,dense", "--seeds", "1", "--out", out)

@@ -343,6 +343,8 @@ def write_plan(study_dir: Path, base: RunConfig, axes, seeds, beam: int, runs: l
         folder = study_dir / run.folder
         folder.mkdir(parents=True, exist_ok=True)
         cfg_file = folder / "config.json"
+        if (folder / "metrics.jsonl").exists():
+            continue  # a started run's config.json is the trainer's record (e.g. the precision it used)
         if not cfg_file.exists() or load_json(cfg_file) != run.cfg:
             cfg_file.write_text(json.dumps(to_dict(run.cfg), indent=2) + "\n")
 
