@@ -25,6 +25,9 @@ def test_linear_warmup_then_decay_to_zero():
     assert linear(101, warmup=100, progress=0.25) == 0.75
     assert linear(5000, warmup=100, progress=1.0) == 0.0
     assert linear(5000, warmup=100, progress=1.2) == 0.0
+    # the decay runs from the first step: a 1,000-step run with 500 warm-up steps peaks at half
+    assert linear(250, warmup=500, progress=0.25) == 0.5 * 0.75
+    assert max(linear(t, warmup=500, progress=t / 1000) for t in range(1, 1001)) == 0.5
 
 
 def test_plateau_warms_up_then_holds_its_scale():

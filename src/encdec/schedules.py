@@ -21,10 +21,14 @@ def paper_peak_lr(d_model: int, warmup: int) -> float:
 
 
 def linear(step: int, *, warmup: int, progress: float) -> float:
-    """Linear warm-up over `warmup` steps, then linear decay to zero at progress == 1.
+    """A linear warm-up ramp over `warmup` steps times a linear decay to zero at progress == 1.
 
     `progress` is the fraction of the training budget used (steps or wall clock), so the LR
-    reaches zero exactly when the budget ends even when the budget is time.
+    reaches zero exactly when the budget ends even when the budget is time. The decay runs from
+    the first step, not from the end of warm-up, so the highest factor, reached at step
+    `warmup`, is 1 - warmup/total: 0.85 for the 1,000-step recipe's 150 warm-up steps, 0.5 for
+    500 of 1,000 (a time budget's total is only known as it goes). Every run of this lab trained
+    with this form; the peak LR it reports is `train.lr`, the factor's ceiling.
     """
     step = max(step, 1)
     warm = min(1.0, step / warmup) if warmup > 0 else 1.0
