@@ -315,9 +315,9 @@ class Recipe:
 
 WARMUP_PAPER = 4000
 RECIPES = {
-    "cpu": Recipe("cpu", "the CPU main job's, measured on bible:es-en (docs/findings.md section 1): linear "
-                         "warm-up over 150 steps to a peak lr of 2e-3, linear decay to zero at the end of the "
-                         "budget, label smoothing 0.1, AdamW 0.9/0.98/1e-9", lambda m: {}),
+    "cpu": Recipe("cpu", "the CPU main job's, measured on bible:es-en (docs/findings.md section 1): lr 2e-3 "
+                         "times a 150-step linear warm-up and a linear decay to zero over the whole budget "
+                         "(highest lr 2e-3 * (1 - 150/steps)), label smoothing 0.1, AdamW 0.9/0.98/1e-9", lambda m: {}),
     "paper": Recipe("paper", "the paper's (Vaswani et al. 2017, section 5.3): inverse-square-root schedule, "
                              f"{WARMUP_PAPER} warm-up steps, peak lr d_model^-0.5 * {WARMUP_PAPER}^-0.5, "
                              "label smoothing 0.1, Adam 0.9/0.98/1e-9",
