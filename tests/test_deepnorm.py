@@ -50,6 +50,29 @@ def test_init_scales_value_output_and_ffn_by_beta_and_leaves_queries_and_keys():
     torch.testing.assert_close(cross_deep.q.weight, cross_post.q.weight)
 
 
+def test_ablations_take_one_part_of_deepnorm_each():
+    """deepnorm-alpha: DeepNorm's residual weight on post-LN's initialisation; deepnorm-beta:
+    DeepNorm's initialisation on post-LN's plain residual. Same seed, same parameters as the
+    model each one borrows its initialisation from; the alpha of each stack as DeepNorm's or 1."""
+    base = ModelConfig(vocab_size=100, d_model=32, n_heads=4, d_ff=64, n_enc_layers=2, n_dec_layers=3)
+    models = {}
+    for norm in ("post", "deepnorm", "deepnorm-alpha", "deepnorm-beta"):
+        torch.manual_seed(0)
+        models[norm] = Transformer(replace(base, norm=norm))
+    (a_enc, _), (a_dec, _) = deepnorm_coefficients(2, 3)
+    for norm, init_like, alphas in (("deepnorm-alpha", "post", (a_enc, a_dec)), ("deepnorm-beta", "deepnorm", (1, 1))):
+        model, ref = models[norm], models[init_like]
+        for (name, p), (ref_name, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+            assert name == ref_name
+            torch.testing.assert_close(p, q, msg=f"{norm}: {name} differs from {init_like}'s")
+        assert [layer.alpha for layer in model.encoder] == pytest.approx([alphas[0]] * 2)
+        assert [layer.alpha for layer in model.decoder] == pytest.approx([alphas[1]] * 3)
+    assert models["post"].decoder[0].alpha == 1 and models["deepnorm"].decoder[0].alpha == pytest.approx(a_dec)
+    x, mask = torch.randint(4, 100, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
+    z_alpha, z_post = (models[n].eval().encode(x, mask)[0][-1] for n in ("deepnorm-alpha", "post"))
+    assert not torch.allclose(z_alpha, z_post)  # same weights, the residual weight alone changes Z
+
+
 def layer_gradient_norms(norm: str, n: int) -> tuple[list[float], list[float]]:
     """Per-layer gradient L2 norms of an n+n model at initialisation, one batch of random data."""
     torch.manual_seed(0)

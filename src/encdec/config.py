@@ -19,7 +19,9 @@ from typing import Any, Literal
 # Every option list is one Literal; the tuple of its names (for validation, CLI help, tests and
 # analysis defaults) is derived from it, never kept in step by hand.
 Wiring = Literal["final", "layerwise", "mix", "dense"]
-Norm = Literal["post", "pre", "deepnorm"]
+# deepnorm-alpha / deepnorm-beta: DeepNorm's two parts alone (its residual weight; its scaled
+# initialisation on plain post-LN), for ablations (model.Transformer, findings section 6)
+Norm = Literal["post", "pre", "deepnorm", "deepnorm-alpha", "deepnorm-beta"]
 Positions = Literal["sinusoidal", "learned"]
 Activation = Literal["relu", "gelu"]
 SpmModel = Literal["unigram", "bpe"]

@@ -35,7 +35,7 @@ def exportable(cfg) -> None:
     reasons = []
     if m.wiring != "final":
         reasons.append(f"wiring={m.wiring} (MarianMT's decoder layers all read the final encoder output)")
-    if m.norm != "post":
+    if m.norm not in ("post", "deepnorm-beta"):  # deepnorm-beta is post-LN with another initialisation
         reasons.append(f"norm={m.norm} (MarianMT is plain post-LN: no pre-LN, no DeepNorm residual scaling)")
     if m.kind != "encoder-decoder":
         reasons.append(f"a {m.kind}-only model")

@@ -198,8 +198,9 @@ def deepnorm_coefficients(n_enc: int, n_dec: int) -> tuple[tuple[float, float] |
 
 
 def _residual_alpha(cfg: ModelConfig, stack: int) -> float:
-    """alpha of stack 0 (encoder) or 1 (decoder): DeepNorm's, else 1 (plain residual)."""
-    if cfg.norm != "deepnorm":
+    """alpha of stack 0 (encoder) or 1 (decoder): DeepNorm's (norm deepnorm, deepnorm-alpha),
+    else 1 (plain residual)."""
+    if cfg.norm not in ("deepnorm", "deepnorm-alpha"):
         return 1.0
     return deepnorm_coefficients(cfg.n_enc_layers, cfg.n_dec_layers)[stack][0]
 
@@ -348,14 +349,14 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
         # std D^-0.5, so the sqrt(D)-scaled embedding has unit scale (and the tied output layer stays small)
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)
-        if self.cfg.norm == "deepnorm":
+        if self.cfg.norm in ("deepnorm", "deepnorm-beta"):
             self._deepnorm_init()
 
     @torch.no_grad()
     def _deepnorm_init(self) -> None:
-        """DeepNorm's beta: the feed-forward, value and output projections of every attention
-        (self and cross) start at beta times their Xavier initialisation; queries and keys
-        keep theirs (Wang et al. 2022, `deepnorm_coefficients`)."""
+        """DeepNorm's beta (norm deepnorm, deepnorm-beta): the feed-forward, value and output
+        projections of every attention (self and cross) start at beta times their Xavier
+        initialisation; queries and keys keep theirs (Wang et al. 2022, `deepnorm_coefficients`)."""
         inner = self.cfg.inner_dim
         coeffs = deepnorm_coefficients(self.cfg.n_enc_layers, self.cfg.n_dec_layers)
         for layers, c in ((self.encoder, coeffs[0]), (self.decoder, coeffs[1])):
