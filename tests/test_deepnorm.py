@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from encdec.config import ModelConfig
 from encdec.data.batching import collate
-from encdec.export import export_hf
+from encdec.export import export_hf, exportable
 from encdec.model import Transformer, deepnorm_coefficients
 
 
@@ -114,3 +114,7 @@ def test_export_refuses_deepnorm_with_the_reason(tmp_path):
     ckpt.save_weights(Transformer(cfg.model), tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="norm=deepnorm"):
         export_hf(tmp_path, tmp_path / "hf")
+    # the ablations: the residual weight has no MarianMT equivalent; the initialisation alone is plain post-LN
+    with pytest.raises(ValueError, match="norm=deepnorm-alpha"):
+        exportable(replace(cfg, model=replace(cfg.model, norm="deepnorm-alpha")))
+    exportable(replace(cfg, model=replace(cfg.model, norm="deepnorm-beta")))
