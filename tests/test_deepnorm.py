@@ -1,5 +1,5 @@
-"""DeepNorm (Wang et al. 2022): its constants, its initialisation, and what it does to the
-gradients of a deep post-LN stack at initialisation."""
+"""DeepNorm (Wang et al. 2022) and Admin (Liu et al. 2020): their constants and initialisations,
+and what they do to the gradients of a deep post-LN stack at initialisation."""
 
 import math
 from dataclasses import replace
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from encdec.config import ModelConfig
 from encdec.data.batching import collate
 from encdec.export import export_hf, exportable
-from encdec.model import Transformer, deepnorm_coefficients
+from encdec.model import Transformer, admin_init, deepnorm_coefficients
 
 
 @pytest.mark.parametrize("n, m", [(6, 6), (12, 12), (18, 6), (6, 1)])
@@ -73,16 +73,21 @@ def test_ablations_take_one_part_of_deepnorm_each():
     assert not torch.allclose(z_alpha, z_post)  # same weights, the residual weight alone changes Z
 
 
+def random_pairs(vocab: int, n: int = 8):
+    g = torch.Generator().manual_seed(1)
+    return collate([(torch.randint(4, vocab, (12,), generator=g).tolist(),
+                     torch.randint(4, vocab, (14,), generator=g).tolist()) for _ in range(n)])
+
+
 def layer_gradient_norms(norm: str, n: int) -> tuple[list[float], list[float]]:
     """Per-layer gradient L2 norms of an n+n model at initialisation, one batch of random data."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=500, d_model=64, n_heads=4, d_ff=128, n_enc_layers=n, n_dec_layers=n, dropout=0.0,
                       norm=norm)
     model = Transformer(cfg)
-    g = torch.Generator().manual_seed(1)
-    pairs = [(torch.randint(4, 500, (12,), generator=g).tolist(), torch.randint(4, 500, (14,), generator=g).tolist())
-             for _ in range(8)]
-    batch = collate(pairs)
+    batch = random_pairs(500)
+    if norm == "admin":
+        admin_init(model, batch.src, batch.src_mask, batch.tgt_in)
     logits = model(batch.src, batch.src_mask, batch.tgt_in).logits
     F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=0).backward()
 
@@ -103,6 +108,52 @@ def test_deepnorm_keeps_each_stacks_gradients_level_where_post_ln_fans_out(n):
     assert max(post_dec) / min(post_dec) > 2.5 * max(dec) / min(dec)
 
 
+def test_admin_init_gives_each_residual_the_variance_summed_into_it():
+    """After profiling, every stack's first omega is 1 and each next one satisfies Admin's
+    recurrence omega_i^2 = omega_(i-1)^2 Var[x_(i-1)] + Var[f_(i-1)(x_(i-1))], measured on a fresh
+    pass with the final omegas (so the repeated passes have settled); omega is one value per
+    sublayer across the dimensions, and it grows with depth."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, d_model=32, n_heads=4, d_ff=64, n_enc_layers=3, n_dec_layers=4,
+                                    dropout=0.1, norm="admin"))
+    batch = random_pairs(300)
+    omegas = admin_init(model, batch.src, batch.src_mask, batch.tgt_in)
+    assert model.training  # restored after the dropout-free profiling pass
+    assert [len(omegas["encoder"]), len(omegas["decoder"])] == [6, 12]
+    for layer in [*model.encoder, *model.decoder]:
+        assert torch.equal(layer.omega, layer.omega[:, :1].expand_as(layer.omega))
+    seen = {}
+
+    def record(module, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        seen[module] = (args[0].var().item(), out.var().item())
+
+    subs = {"encoder": [m for layer in model.encoder for m in (layer.self_attn, layer.ffn)],
+            "decoder": [m for layer in model.decoder for m in (layer.self_attn, layer.cross_attn, layer.ffn)]}
+    hooks = [m.register_forward_hook(record) for ms in subs.values() for m in ms]
+    model.eval()(batch.src, batch.src_mask, batch.tgt_in)
+    for h in hooks:
+        h.remove()
+    for stack, ms in subs.items():
+        w = omegas[stack]
+        assert w[0] == 1.0 and w[-1] > 1.5
+        for i in range(1, len(w)):
+            var_in, var_out = seen[ms[i - 1]]
+            assert w[i] ** 2 == pytest.approx(w[i - 1] ** 2 * var_in + var_out, rel=1e-4), (stack, i)
+    with pytest.raises(ValueError, match="model.norm=admin"):
+        admin_init(Transformer(replace(model.cfg, norm="post")), batch.src, batch.src_mask, batch.tgt_in)
+
+
+@pytest.mark.parametrize("n", [6, 12])
+def test_admin_keeps_the_decoder_gradients_level_where_post_ln_fans_out(n):
+    """Admin's profiled residual weights remove the decoder's fan-out (post-LN 6+6: 4.8x from its
+    first layer to its last on this batch, 12+12: 8.1x) at initialisation."""
+    _, dec = layer_gradient_norms("admin", n)
+    _, post_dec = layer_gradient_norms("post", n)
+    assert max(dec) / min(dec) < 1.8
+    assert max(post_dec) / min(post_dec) > 2.5 * max(dec) / min(dec)
+
+
 def test_export_refuses_deepnorm_with_the_reason(tmp_path):
     from encdec import checkpoint as ckpt
     from encdec.config import DataConfig, RunConfig, TrainConfig
@@ -118,3 +169,5 @@ def test_export_refuses_deepnorm_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="norm=deepnorm-alpha"):
         exportable(replace(cfg, model=replace(cfg.model, norm="deepnorm-alpha")))
     exportable(replace(cfg, model=replace(cfg.model, norm="deepnorm-beta")))
+    with pytest.raises(ValueError, match="norm=admin"):
+        exportable(replace(cfg, model=replace(cfg.model, norm="admin")))

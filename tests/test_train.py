@@ -62,6 +62,25 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, straight):
         assert torch.equal(p, q), name
 
 
+def test_admin_profiles_a_fresh_run_once_and_a_resumed_run_keeps_its_learned_weights(tmp_path):
+    """norm=admin: the first training batch sets the residual weights before step 1; a resumed
+    run takes them from its checkpoint (profiling again would overwrite what training learned,
+    and the losses after the resume would differ)."""
+    cfg = dropout_config(tmp_path)
+    cfg = replace(cfg, model=replace(cfg.model, norm="admin"))
+    logged = []
+    fit(cfg, tmp_path / "straight", RT, log=logged.append, progress=False)
+    assert sum("Admin: residual weights profiled" in m for m in logged) == 1
+    fit(cfg, tmp_path / "resumed", RT, log=lambda m: None, progress=False, stop_after_steps=3)
+    logged.clear()
+    fit(cfg, tmp_path / "resumed", RT, log=logged.append, progress=False)
+    assert not any("Admin" in m for m in logged)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    model = load_run(tmp_path / "straight")[1]
+    top = model.decoder[-1].omega  # (3, D): profiled above 1, then trained per dimension
+    assert top.min() > 1.2 and top.std(dim=1).max() > 0
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path, straight):
     """A run killed between checkpoints logged steps it will repeat: the log must not hold them twice."""
     cfg = dropout_config(tmp_path)

@@ -20,8 +20,9 @@ from typing import Any, Literal
 # analysis defaults) is derived from it, never kept in step by hand.
 Wiring = Literal["final", "layerwise", "mix", "dense"]
 # deepnorm-alpha / deepnorm-beta: DeepNorm's two parts alone (its residual weight; its scaled
-# initialisation on plain post-LN), for ablations (model.Transformer, findings section 6)
-Norm = Literal["post", "pre", "deepnorm", "deepnorm-alpha", "deepnorm-beta"]
+# initialisation on plain post-LN), for ablations (model.Transformer, findings section 6);
+# admin: post-LN with Admin's profiled, learned residual weights (model.admin_init)
+Norm = Literal["post", "pre", "deepnorm", "deepnorm-alpha", "deepnorm-beta", "admin"]
 Positions = Literal["sinusoidal", "learned"]
 Activation = Literal["relu", "gelu"]
 SpmModel = Literal["unigram", "bpe"]

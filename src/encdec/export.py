@@ -36,7 +36,7 @@ def exportable(cfg) -> None:
     if m.wiring != "final":
         reasons.append(f"wiring={m.wiring} (MarianMT's decoder layers all read the final encoder output)")
     if m.norm not in ("post", "deepnorm-beta"):  # deepnorm-beta is post-LN with another initialisation
-        reasons.append(f"norm={m.norm} (MarianMT is plain post-LN: no pre-LN, no DeepNorm residual scaling)")
+        reasons.append(f"norm={m.norm} (MarianMT is plain post-LN: no pre-LN, no DeepNorm or Admin residual weights)")
     if m.kind != "encoder-decoder":
         reasons.append(f"a {m.kind}-only model")
     if m.inner_dim != m.d_model:

@@ -210,6 +210,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.pre = cfg.norm == "pre"
         self.alpha = _residual_alpha(cfg, 0)  # DeepNorm scales the residual; 1 for post/pre-LN
+        # Admin: a learned weight per sublayer and dimension on the residual, set by `admin_init`
+        self.omega = nn.Parameter(torch.ones(2, cfg.d_model)) if cfg.norm == "admin" else None
         self.self_attn = SelfAttention(cfg)
         self.ffn = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
@@ -224,8 +226,8 @@ class EncoderLayer(nn.Module):
             return x + self.drop(self.ffn(self.norm2(x))), w
         # post-LN, as in the paper: LayerNorm(x + Sublayer(x)); DeepNorm: LayerNorm(alpha x + Sublayer(x))
         a, w = self.self_attn(x, mask, causal=False, need_weights=need_weights)
-        x = self.norm1(_scaled(x, self.alpha) + self.drop(a))
-        return self.norm2(_scaled(x, self.alpha) + self.drop(self.ffn(x))), w
+        x = self.norm1(_residual(x, self.alpha, self.omega, 0) + self.drop(a))
+        return self.norm2(_residual(x, self.alpha, self.omega, 1) + self.drop(self.ffn(x))), w
 
 
 class DecoderLayer(nn.Module):
@@ -241,6 +243,9 @@ class DecoderLayer(nn.Module):
         # decoder-only models (GPT) have no cross-attention sublayer
         self.cross_attn = CrossAttention(cfg) if cfg.n_enc_layers else None
         self.norm2 = nn.LayerNorm(cfg.d_model) if cfg.n_enc_layers else None
+        # Admin's residual weights: self-attention (row 0), cross-attention (1), feed-forward (last)
+        rows = 3 if cfg.n_enc_layers else 2
+        self.omega = nn.Parameter(torch.ones(rows, cfg.d_model)) if cfg.norm == "admin" else None
 
     def forward(self, y: Tensor, cross_k: Tensor | None, cross_v: Tensor | None, memory_mask: Tensor | None,
                 past: tuple[Tensor, Tensor, int] | None, need_weights: bool):
@@ -254,15 +259,76 @@ class DecoderLayer(nn.Module):
                 y = y + self.drop(c)
             return y + self.drop(self.ffn(self.norm3(y))), ws, wc
         a, ws = self.self_attn(y, None, causal=True, past=past, need_weights=need_weights)
-        y = self.norm1(_scaled(y, self.alpha) + self.drop(a))
+        y = self.norm1(_residual(y, self.alpha, self.omega, 0) + self.drop(a))
         if self.cross_attn is not None:
             c, wc = self.cross_attn(y, cross_k, cross_v, memory_mask, need_weights)
-            y = self.norm2(_scaled(y, self.alpha) + self.drop(c))
-        return self.norm3(_scaled(y, self.alpha) + self.drop(self.ffn(y))), ws, wc
+            y = self.norm2(_residual(y, self.alpha, self.omega, 1) + self.drop(c))
+        return self.norm3(_residual(y, self.alpha, self.omega, -1) + self.drop(self.ffn(y))), ws, wc
 
 
-def _scaled(x: Tensor, alpha: float) -> Tensor:
+def _residual(x: Tensor, alpha: float, omega: Tensor | None, row: int) -> Tensor:
+    """The residual term of post-LN sublayer `row`: x (post-LN), alpha x (DeepNorm) or omega[row] * x
+    (Admin, omega (rows, D))."""
+    if omega is not None:
+        return x * omega[row].to(x.dtype)
     return x if alpha == 1.0 else alpha * x
+
+
+@torch.no_grad()
+def admin_init(model: Transformer, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> dict[str, list[float]]:
+    """Admin's profiling initialisation of the residual weights (norm admin).
+
+    Admin (Liu et al. 2020, "Understanding the Difficulty of Training Transformers", EMNLP, arXiv
+    2004.08249, its reference code Transformer-Clinic `--init-type adaptive`): every post-LN
+    sublayer computes LN(omega_i * x_i + f_i(x_i)), omega_i a learned vector, and in each stack
+    omega_1 = 1, omega_i^2 = omega_(i-1)^2 Var[x_(i-1)] + Var[f_(i-1)(x_(i-1))]: the residual
+    starts with as much weight as everything summed into it before, so no single sublayer's
+    output dominates the next LayerNorm and the output's dependence on each sublayer stays
+    bounded however deep the stack. The variances (over every element, as the reference code
+    computes them) come from a forward pass over one batch, src (B, S), src_mask (B, S), tgt_in
+    (B, T). Where this differs from the reference: the pass runs without dropout (the reference
+    profiles with it), and since each omega changes the inputs of the sublayers after it, the
+    pass repeats until no omega changes (one pass per sublayer at most) instead of setting them
+    one by one inside a single pass. Returns the omegas per stack, in sublayer order.
+    """
+    stacks = {"encoder": [], "decoder": []}
+    for layer in model.encoder:
+        stacks["encoder"] += [(layer, 0, layer.self_attn), (layer, 1, layer.ffn)]
+    for layer in model.decoder:
+        cross = [(layer, 1, layer.cross_attn)] if layer.cross_attn is not None else []
+        stacks["decoder"] += [(layer, 0, layer.self_attn), *cross, (layer, -1, layer.ffn)]
+    sublayers = [entry for stack in stacks.values() for entry in stack]
+    if not sublayers or any(layer.omega is None for layer, _, _ in sublayers):
+        raise ValueError(f"admin_init needs a model with model.norm=admin, not {model.cfg.norm}")
+    variances: dict[nn.Module, tuple[float, float]] = {}
+
+    def record(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+        out = output[0] if isinstance(output, tuple) else output  # attention returns (output, weights)
+        variances[module] = (args[0].float().var().item(), out.float().var().item())
+
+    hooks = [module.register_forward_hook(record) for _, _, module in sublayers]
+    was_training = model.training
+    model.eval()
+    try:
+        for layer, row, _ in sublayers:
+            layer.omega[row].fill_(1.0)
+        for _ in range(len(sublayers) + 1):
+            model(src, src_mask, tgt_in)
+            settled = True
+            for stack in stacks.values():
+                omega = 1.0
+                for layer, row, module in stack:
+                    settled &= math.isclose(layer.omega[row, 0].item(), omega, rel_tol=1e-5)
+                    layer.omega[row].fill_(omega)
+                    var_in, var_out = variances[module]
+                    omega = math.sqrt(omega**2 * var_in + var_out)
+            if settled:
+                break
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return {name: [layer.omega[row, 0].item() for layer, row, _ in stack] for name, stack in stacks.items()}
 
 
 class SurfaceFusion(nn.Module):
@@ -345,7 +411,9 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() == 2 and not name.startswith(("embed.", "wiring.")):  # wiring inits its own
+            if name.endswith(".omega"):  # Admin's residual weights: 1 until `admin_init` profiles them
+                nn.init.ones_(p)
+            elif p.dim() == 2 and not name.startswith(("embed.", "wiring.")):  # wiring inits its own
                 nn.init.xavier_uniform_(p)
         # std D^-0.5, so the sqrt(D)-scaled embedding has unit scale (and the tied output layer stays small)
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)

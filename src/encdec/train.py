@@ -28,7 +28,7 @@ from encdec.data.vocab import PAD
 from encdec.decode import translate_ids
 from encdec.distributed import Dist, shard, wrap
 from encdec.metrics import bleu, perplexity, sequence_loss
-from encdec.model import Transformer
+from encdec.model import Transformer, admin_init
 from encdec.optim import lr_at, make_optimizer, train_step
 from encdec.runtime import Runtime, rng_state, seed_everything, set_rng_state
 
@@ -161,6 +161,8 @@ def _start(cfg: RunConfig, run: Path, rt: Runtime, dist: Dist, log: Log, progres
         data = prepare_data(cfg, log)
     seed_everything(cfg.train.seed)
     model = Transformer(cfg.model).to(rt.device)
+    if cfg.model.norm == "admin" and not resumed:  # a resumed run restores the learned weights instead
+        _admin_profile(model, data, cfg, rt, log)
     opt = make_optimizer(model, cfg.train)
     state = TrainState()
     if resumed:
@@ -185,6 +187,16 @@ def _start(cfg: RunConfig, run: Path, rt: Runtime, dist: Dist, log: Log, progres
                 board=_tensorboard(run) if dist.is_main else None)
     _reset_window(loop)
     return loop, state
+
+
+def _admin_profile(model: Transformer, data: Data, cfg: RunConfig, rt: Runtime, log: Callable[[str], None]) -> None:
+    """Admin's residual weights from the run's first training batch (the same on every rank)."""
+    first = collate([data.train[i] for i in data.train_batches[epoch_order(len(data.train_batches),
+                                                                           seed=cfg.train.seed, epoch=0)[0]]])
+    first = first.to(rt.device)
+    omegas = admin_init(model, first.src, first.src_mask, first.tgt_in)
+    log("Admin: residual weights profiled on the first training batch: "
+        + "; ".join(f"{stack} {w[0]:.2f} ... {w[-1]:.2f} over {len(w)} sublayers" for stack, w in omegas.items() if w))
 
 
 def _check_same_run(cfg: RunConfig, run: Path) -> None:

@@ -57,11 +57,15 @@ def count(cfg: ModelConfig) -> dict:
         enc = model.encoder[0]
         per_layer.update({"encoder layer": n(enc), "  self-attention": n(enc.self_attn), "  feed-forward": n(enc.ffn),
                           "  layer norms": n(enc.norm1) + n(enc.norm2)})
+        if enc.omega is not None:
+            per_layer["  residual weights (Admin)"] = enc.omega.numel()
     if model.decoder:
         dec = model.decoder[0]
         per_layer.update({"decoder layer": n(dec), "  self-attention ": n(dec.self_attn),
                           "  cross-attention": n(dec.cross_attn), "  feed-forward ": n(dec.ffn),
                           "  layer norms ": n(dec.norm1) + n(dec.norm2) + n(dec.norm3)})
+        if dec.omega is not None:
+            per_layer["  residual weights (Admin) "] = dec.omega.numel()
     return {"total": n(model), "parts": {k: v for k, v in parts.items() if v or "layers" in k},
             "kinds": kinds, "per_layer": per_layer}
 
