@@ -90,3 +90,15 @@ def test_analyze_mistakes_are_one_clear_line(mix_run, args, fragment):
 def test_analyze_needs_a_run_folder(tmp_path):
     r = run("analyze", "heads", "--checkpoint", tmp_path / "nope")
     assert r.exit_code == 2 and "not an encdec run folder" in r.output
+
+
+def test_gradflow_trains_an_admin_model_from_its_profiled_start(tmp_path):
+    """gradflow trains each scheme from scratch: an Admin run's model must start from profiled
+    residual weights, as `encdec train` starts it, not from plain post-LN's."""
+    out = tmp_path / "admin"
+    r = run("train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", 2, "--out", out, "--no-evaluate",
+            "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=256", "--set", "model.norm=admin")
+    assert r.exit_code == 0, r.output
+    r = run("analyze", "gradflow", "--checkpoint", out, "--out", tmp_path / "g", "--schemes", "final", "--steps", 2)
+    assert r.exit_code == 0, r.output
+    assert "Admin: residual weights profiled" in r.output

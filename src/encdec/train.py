@@ -161,8 +161,8 @@ def _start(cfg: RunConfig, run: Path, rt: Runtime, dist: Dist, log: Log, progres
         data = prepare_data(cfg, log)
     seed_everything(cfg.train.seed)
     model = Transformer(cfg.model).to(rt.device)
-    if cfg.model.norm == "admin" and not resumed:  # a resumed run restores the learned weights instead
-        _admin_profile(model, data, cfg, rt, log)
+    if not resumed:  # a resumed run restores what training made of them instead
+        initialise(model, data, cfg, rt, log)
     opt = make_optimizer(model, cfg.train)
     state = TrainState()
     if resumed:
@@ -189,8 +189,12 @@ def _start(cfg: RunConfig, run: Path, rt: Runtime, dist: Dist, log: Log, progres
     return loop, state
 
 
-def _admin_profile(model: Transformer, data: Data, cfg: RunConfig, rt: Runtime, log: Callable[[str], None]) -> None:
-    """Admin's residual weights from the run's first training batch (the same on every rank)."""
+def initialise(model: Transformer, data: Data, cfg: RunConfig, rt: Runtime, log: Callable[[str], None]) -> None:
+    """The data-dependent part of a fresh model's initialisation, for every caller that trains one
+    from scratch: Admin's residual weights from the run's first training batch (the same batch on
+    every rank); nothing for the other norms."""
+    if cfg.model.norm != "admin":
+        return
     first = collate([data.train[i] for i in data.train_batches[epoch_order(len(data.train_batches),
                                                                            seed=cfg.train.seed, epoch=0)[0]]])
     first = first.to(rt.device)

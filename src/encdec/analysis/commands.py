@@ -216,6 +216,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
     from encdec.data.prepare import prepare_data
     from encdec.model import Transformer
     from encdec.runtime import seed_everything
+    from encdec.train import initialise
 
     names = [s.strip() for s in schemes.split(",") if s.strip()]
     bad = [s for s in names if s not in WIRINGS]
@@ -232,6 +233,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
         scfg = replace(cfg, model=replace(cfg.model, wiring=scheme))
         seed_everything(cfg.train.seed)
         model = Transformer(scfg.model).to(rt.device)
+        initialise(model, data, scfg, rt, log)
         records = training_norms(model, data, scfg, rt, steps, log=log)
         plots.write_csv(records, out / f"gradflow_{scheme}.csv")
         plots.gradflow_steps(records, layers, f"{scheme}: gradient norm per layer, first {steps} steps",
