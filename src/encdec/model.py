@@ -224,7 +224,8 @@ class EncoderLayer(nn.Module):
             a, w = self.self_attn(self.norm1(x), mask, causal=False, need_weights=need_weights)
             x = x + self.drop(a)
             return x + self.drop(self.ffn(self.norm2(x))), w
-        # post-LN, as in the paper: LayerNorm(x + Sublayer(x)); DeepNorm: LayerNorm(alpha x + Sublayer(x))
+        # post-LN, as in the paper: LayerNorm(x + Sublayer(x)); DeepNorm: LayerNorm(alpha x + Sublayer(x));
+        # Admin: LayerNorm(omega * x + Sublayer(x))
         a, w = self.self_attn(x, mask, causal=False, need_weights=need_weights)
         x = self.norm1(_residual(x, self.alpha, self.omega, 0) + self.drop(a))
         return self.norm2(_residual(x, self.alpha, self.omega, 1) + self.drop(self.ffn(x))), w
