@@ -18,18 +18,25 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def describe() -> str:
-    """'AMD EPYC 7B13, 2 threads, flags avx2 (no avx512f, avx512_bf16, amx_bf16), torch 2.13.0'."""
-    model, flags = platform.processor() or "unknown CPU", set()
+    """'AMD EPYC (family 25, model 1), 2 threads, flags avx2 (no avx512f, avx512_bf16, amx_bf16), torch 2.13.0'.
+
+    Family and model number tell apart CPU generations that a virtual machine names alike
+    ("AMD EPYC" is a Zen 2, 3 or 4)."""
+    model, flags, info = platform.processor() or "unknown CPU", set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
+            elif key.strip() in ("cpu family", "model"):
+                info[key.strip()] = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
                 break
     except OSError:
         pass
+    if len(info) == 2:
+        model += f" (family {info['cpu family']}, model {info['model']})"
     have = [f for f in FLAGS if f in flags]
     lack = [f for f in FLAGS if f not in flags]
     return (f"{model}, {torch.get_num_threads()} threads, flags {' '.join(have) or 'none of ' + ' '.join(FLAGS)}"
