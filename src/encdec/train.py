@@ -13,7 +13,6 @@ import random
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from encdec import checkpoint as ckpt
+from encdec import clock
 from encdec.config import RunConfig, TrainConfig, load_json, to_dict
 from encdec.data.batching import collate, epoch_order, padding_fraction
 from encdec.data.prepare import Data, prepare_data
@@ -33,7 +33,7 @@ from encdec.optim import lr_at, make_optimizer, train_step
 from encdec.runtime import Runtime, rng_state, seed_everything, set_rng_state
 
 Log = Callable[[str], None]
-now = time.time  # the loop's clock; tests replace it with a fake one
+now = clock.now  # the loop's clock, which leaves out time the process was stopped; tests replace it
 
 
 class Interrupted(Exception):
@@ -47,7 +47,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0  # epochs completed
     pos: int = 0  # next batch of this epoch's order
-    elapsed: float = 0.0  # wall-clock seconds since the run began, as of the last checkpoint
+    elapsed: float = 0.0  # wall-clock seconds since the run began (stops left out), as of the last checkpoint
     eval_s: float = 0.0  # the part of it spent evaluating, which the time budget does not count
     best: float = -math.inf  # best dev score: BLEU on the fixed subset, or -dev NLL without one
     best_step: int = 0
@@ -358,6 +358,8 @@ def finish(loop: Loop, state: TrainState) -> dict:
                "train_min": round((state.elapsed - state.eval_s) / 60, 1), "total_min": round(state.elapsed / 60, 1),
                "final_weights": chosen, "dev_score": chosen_score, **evaluate(final, data, rt)}
     ckpt.append_metrics(run, {"final": summary})
+    if clock.paused_seconds() > 0:
+        loop.log(f"left out {clock.paused_seconds() / 60:.1f} minutes during which this process was stopped")
     return summary
 
 
