@@ -9,6 +9,31 @@ if [ $# -ne 2 ] || [ ! -d "$1" ]; then
     echo "usage: $0 STUDY_OR_RUN_DIR DEST_DIR (the source must be a folder)" >&2
     exit 2
 fi
+# Refuse a destination that holds another study: runs the source lacks, or a study.json with
+# another base config or with grid points the source does not have (a study that grew is fine).
+if [ -d "$2" ]; then
+    foreign=$(comm -13 <(cd "$1" && find . -name metrics.jsonl -printf '%h\n' | sort) \
+                       <(cd "$2" && find . -name metrics.jsonl -printf '%h\n' | sort) | head -5 | tr '\n' ' ')
+    if [ -z "$foreign" ] && [ -f "$1/study.json" ] && [ -f "$2/study.json" ]; then
+        foreign=$(python3 - "$1/study.json" "$2/study.json" <<'PY'
+import json, sys
+src, dest = (json.load(open(p)) for p in sys.argv[1:])
+grid = {name: set(values) for name, values in src["axes"]}
+flat = lambda d, pre="": {k: v for key, val in d.items()  # noqa: E731
+                          for k, v in (flat(val, f"{pre}{key}.").items() if isinstance(val, dict) else [(pre + key, val)])}
+a, b = flat(src["base"]), flat(dest["base"])
+if any(a[k] != b[k] for k in a.keys() & b.keys()):  # fields added to the config since are not a difference
+    print("a study with another base config")
+elif any(not set(values) <= grid.get(name, set()) for name, values in dest["axes"]):
+    print("a study of " + ", ".join(f"{name}={','.join(values)}" for name, values in dest["axes"]))
+PY
+)
+    fi
+    if [ -n "$foreign" ]; then
+        echo "$2 already holds another study's results ($foreign); archive into a new folder" >&2
+        exit 1
+    fi
+fi
 mkdir -p "$2"
 src=$(cd "$1" && pwd)
 dest=$(cd "$2" && pwd)
