@@ -7,8 +7,8 @@
 #     dropout 0; 2 cores of an AMD EPYC with AVX512_BF16, 2026-12-01);
 #   - fp32 on a CPU without native bf16: ~1,400-2,200 steps, 4 epochs, update-bound: dropout 0
 #     (+1.04 test BLEU over 0.1 the same day) and 2,000-token batches (+1.72 over 3,000 the same
-#     day): 32.23, and 31.34 at the slowest recorded day's budget, where the bf16 machine's recipe
-#     scored 28.66 (2 cores of an AMD EPYC with AVX2 only, 2026-12-04 and 2026-12-06).
+#     day): 32.23 and 32.29 (two runs), 31.34 at the slowest recorded day's budget, where the bf16
+#     machine's recipe scored 28.66 (2 cores of an AMD EPYC with AVX2 only, 2026-12-04 and 2026-12-06).
 # The choice is encdec's own `--precision auto` (ENCDEC_FORCE_PRECISION=bf16|fp32 overrides it).
 #
 #   bash scripts/main_job.sh            # train (rerunning resumes runs/main)
@@ -18,6 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 ENCDEC=${ENCDEC:-.venv/bin/encdec}
+if ! command -v "$PYTHON" > /dev/null; then
+  echo "error: $PYTHON not found: run \`make setup\` first (or set PYTHON and ENCDEC)" >&2; exit 1
+fi
 
 print=0
 if [[ "${1:-}" == "--print" ]]; then print=1; shift; fi
