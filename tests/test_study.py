@@ -98,6 +98,11 @@ def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):
         assert sorted(curves[point]["milestones"]["20"]) == sorted(bleu for _, bleu in curves[point]["end"])
         assert [step for step, _ in curves[point]["end"]] == [20, 20]
     assert (out / "test_bleu_vs_budget.png").stat().st_size > 0
+    for weights in out.glob("*/seed-*/milestones/*.safetensors"):  # a lost machine: the scores stay
+        weights.unlink()
+    lost = smoke(tmp_path, "heads", "--values", "1,4", "--out", out, "--budget-curves")
+    assert lost.exit_code == 0 and "at step 20: test BLEU" not in lost.output.replace("\n", "")  # not rescored
+    assert json.loads((out / "budget_curves.json").read_text())["curves"] == curves
     speed = json.loads((out / "decode_speed.json").read_text())
     assert set(speed["sent_per_s"]) == {"heads=1", "heads=4"} and speed["sentences"] == 100
     assert all(len(v) == 3 and min(v) > 0 for v in speed["rounds_sent_per_s"].values())

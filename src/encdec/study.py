@@ -383,11 +383,12 @@ def budget_curves(study: StudyPlan, rt: Runtime, *, log=print) -> dict:
         if not is_finished(study.folder, run, study.beam):
             continue
         vocab, srcs = None, None  # the run's vocabulary and encoded test sources, made on first need
-        for weights in sorted((folder / "milestones").glob("step-*.safetensors")):
-            step = str(int(weights.stem.split("-")[1]))
+        files = {int(w.stem.split("-")[1]): w for w in (folder / "milestones").glob("step-*.safetensors")}
+        scored = {int(key.split("|")[1]) for key in done if key.split("|")[0] == run.folder}
+        for step in map(str, sorted(files.keys() | scored)):  # a score outlives its weights (a lost machine)
             key = f"{run.folder}|{step}"
             if key not in done:
-                _, model = load_run(folder, weights=f"milestones/{weights.name}")
+                _, model = load_run(folder, weights=f"milestones/{files[int(step)].name}")
                 if vocab is None:
                     vocab = Vocab(folder / "vocab.model")
                     srcs = vocab.encode([p.src for p in pairs])
