@@ -72,13 +72,15 @@ def test_a_process_waits_while_another_fills_the_cache(tmp_path):
               "corpus = load_corpus(cfg.source); print('ready', flush=True); "
               "print(load_vocab(cfg, corpus).size)")
     with cache_lock(folder):
-        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
         assert other.stdout.readline() == "ready\n"
         time.sleep(2)  # an unlocked process trains its own 64 pieces in well under this
         assert other.poll() is None, "the second process did not wait for the lock"
         texts = [t for p in load_corpus(cfg.source).train for t in (p.src, p.tgt)]
         vocab = train_vocab(texts, vocab_path(cfg).with_suffix(""), vocab_size=64)
         written = vocab_path(cfg).stat().st_mtime_ns
-    out, _ = other.communicate(timeout=120)
+    out, err = other.communicate(timeout=120)
     assert other.returncode == 0 and int(out) == vocab.size
+    assert f"waiting for {folder / '.lock'}" in err  # the waiter says what it waits for
     assert vocab_path(cfg).stat().st_mtime_ns == written  # it read the file, it did not train again

@@ -41,12 +41,19 @@ def cache_lock(folder: Path) -> Iterator[None]:
     """Hold `folder` while checking and filling its cache: runs started together on a fresh machine
     (`benchmarks/parallel_runs.sh`) would otherwise all prepare the corpus and train the vocabulary
     at once, writing the same files under each other. The others wait (an flock on
-    `folder/.lock`, dropped by the kernel however its holder dies), then find the cache filled."""
+    `folder/.lock`, dropped by the kernel however its holder dies), then find the cache filled;
+    a waiter says so on stderr, since a holder stopped with SIGSTOP would keep it waiting."""
     import fcntl
+    import sys
 
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {folder / '.lock'}: another encdec process is preparing this cache "
+                  "(or is stopped while holding it)", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
