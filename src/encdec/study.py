@@ -383,12 +383,12 @@ def budget_curves(study: StudyPlan, rt: Runtime, *, log=print) -> dict:
         if not is_finished(study.folder, run, study.beam):
             continue
         vocab, srcs = None, None  # the run's vocabulary and encoded test sources, made on first need
-        files = {int(w.stem.split("-")[1]): w for w in (folder / "milestones").glob("step-*.safetensors")}
-        scored = {int(key.split("|")[1]) for key in done if key.split("|")[0] == run.folder}
-        for step in map(str, sorted(files.keys() | scored)):  # a score outlives its weights (a lost machine)
+        files = {int(w.stem.split("-")[1]): w.name for w in (folder / "milestones").glob("step-*.safetensors")}
+        scored = {int(key.partition("|")[2]) for key in done if key.partition("|")[0] == run.folder}
+        for step in sorted(files.keys() | scored):  # a score outlives its weights (a lost machine)
             key = f"{run.folder}|{step}"
             if key not in done:
-                _, model = load_run(folder, weights=f"milestones/{files[int(step)].name}")
+                _, model = load_run(folder, weights=f"milestones/{files[step]}")
                 if vocab is None:
                     vocab = Vocab(folder / "vocab.model")
                     srcs = vocab.encode([p.src for p in pairs])
@@ -397,7 +397,7 @@ def budget_curves(study: StudyPlan, rt: Runtime, *, log=print) -> dict:
                 log(f"{run.folder} at step {step}: test BLEU {done[key]}")
                 path.write_text(json.dumps({"scores": done}, indent=2) + "\n")  # progress survives a stop
             point = curves.setdefault(run.point_name, {"milestones": {}, "end": []})
-            point["milestones"].setdefault(step, []).append(done[key])
+            point["milestones"].setdefault(str(step), []).append(done[key])
         end_step = next(r["final"]["step"] for r in reversed(read_metrics(folder)) if "final" in r)
         end_bleu = json.loads(result_path(folder, "test", study.beam).read_text())["bleu"]
         curves.setdefault(run.point_name, {"milestones": {}, "end": []})["end"].append([end_step, end_bleu])
