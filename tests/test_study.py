@@ -117,6 +117,28 @@ def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "not a point of this study" in bad.output
 
 
+def test_a_study_grows_by_values_and_seeds_and_keeps_its_runs(tmp_path):
+    out = tmp_path / "grow"
+
+    def planned(*args):
+        done = smoke(tmp_path, "heads", *args, "--out", out, "--print-commands")
+        assert done.exit_code == 0, done.output
+        return {cmd.split()[3] for cmd in done.output.splitlines() if cmd.startswith("encdec train")}
+
+    assert planned("--values", "1,4", "--seeds", "1") == {str(out / "heads=1/seed-1"), str(out / "heads=4/seed-1")}
+    record = out / "heads=4/seed-1/config.json"
+    (out / "heads=4/seed-1/metrics.jsonl").write_text("")  # started: its config.json is now the trainer's record
+    record.write_text(record.read_text().replace('"precision": "auto"', '"precision": "fp32"'))
+    grown = planned("--values", "1,4,8", "--seeds", "2")
+    assert grown == {str(out / f"heads={h}/seed-{k}") for h in (1, 4, 8) for k in (1, 2)}
+    assert json.loads((out / "study.json").read_text())["axes"] == [["heads", ["1", "4", "8"]]]
+    assert '"precision": "fp32"' in record.read_text()  # an old run is kept as it was
+    for shrunk in (("--values", "1,8", "--seeds", "2"), ("--values", "1,4,8", "--seeds", "1"),
+                   ("--values", "1,4,8", "--seeds", "2", "--set", "train.lr=1e-3")):
+        refused = smoke(tmp_path, "heads", *shrunk, "--out", out, "--print-commands")
+        assert refused.exit_code == 2 and "different plan" in refused.output
+
+
 def check_paired_bootstrap(doc: dict, md: str) -> None:
     """Every point against the reference (the first, heads=1) by sacreBLEU's paired bootstrap, seed k
     against seed k and pooled over seeds: the BLEU it recomputes, the difference, p in (0, 1]."""

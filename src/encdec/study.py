@@ -12,7 +12,8 @@ A study is a list of runs `(name, config)` (../shared/STYLE.md C10) under one fo
     <out>/decode_speed.json          with --time-decoding: every point's decoding speed, timed together
 
 A run counts as finished when its eval JSON exists; re-running the study skips finished runs
-and resumes an interrupted one from its last checkpoint (that is `fit`'s own resume).
+and resumes an interrupted one from its last checkpoint (that is `fit`'s own resume). A study
+grows: the same command with more values or seeds plans the new runs beside the old ones.
 """
 
 from __future__ import annotations
@@ -325,18 +326,27 @@ def train_command(study_dir: Path, run: StudyRun, beam: int, limit: int = 0) -> 
     return cmd + (["--eval-limit", str(limit)] if limit else [])
 
 
+def _grows(old: dict, new: dict) -> bool:
+    """Whether study plan `new` (study.json without its base) holds all of plan `old`: the same axes
+    in the same order and beam, every old value of each axis and every old seed."""
+    if old["beam"] != new["beam"] or [a for a, _ in old["axes"]] != [a for a, _ in new["axes"]]:
+        return False
+    return set(old["seeds"]) <= set(new["seeds"]) and all(
+        set(old_vals) <= set(new_vals) for (_, old_vals), (_, new_vals) in zip(old["axes"], new["axes"]))
+
+
 def write_plan(study_dir: Path, base: RunConfig, axes, seeds, beam: int, runs: list[StudyRun]) -> None:
-    """study.json, and each run's config.json; an existing study must have the same plan (its base
-    config compared as a config, so that a field added to encdec since, at its default, changes
-    nothing)."""
+    """study.json, and each run's config.json. An existing study must have the same plan, or grow
+    by values or seeds: a superset of its points and seeds with the same base config (compared as a
+    config, so that a field added to encdec since, at its default, changes nothing) and beam; its
+    runs are kept, finished or not."""
     plan_doc = {"base": to_dict(base), "axes": [[a, list(v)] for a, v in axes], "seeds": seeds, "beam": beam}
     path = study_dir / "study.json"
     if path.exists():
         old = json.loads(path.read_text())
-        rest = {k: v for k, v in json.loads(json.dumps(plan_doc)).items() if k != "base"}
-        if {k: v for k, v in old.items() if k != "base"} != rest or from_dict(old.get("base", {})) != base:
-            raise ValueError(f"{study_dir} holds a study with a different plan; use another --out "
-                             "(or the same axes, seeds, budget and settings to resume)")
+        if not _grows(old, json.loads(json.dumps(plan_doc))) or from_dict(old.get("base", {})) != base:
+            raise ValueError(f"{study_dir} holds a study with a different plan; use another --out (or the "
+                             "same axes, budget and settings to resume it, with more values or seeds to extend it)")
     study_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plan_doc, indent=2) + "\n")
     for run in runs:
