@@ -307,6 +307,33 @@ def test_archive_script_keeps_every_small_result_and_no_weights(tmp_path):
     assert bad.returncode == 2 and "usage" in bad.stderr
 
 
+def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_ones(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "converged_queue.sh"
+    finished = tmp_path / "converged-dropout" / "final-dropout-0.2"
+    finished.mkdir(parents=True)
+    (finished / "eval.test.beam4.json").write_text("{}")
+    done = subprocess.run(["bash", str(script), "--print"], capture_output=True, text=True,
+                          env={**os.environ, "RUNS": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    outs = [line.split()[3] for line in done.stdout.splitlines()]
+    assert all(line.startswith("encdec train --out ") for line in done.stdout.splitlines())
+    names = [str(Path(o).relative_to(tmp_path)) for o in outs]
+    assert names[0] == "converged-schedule/final-plateau-seed1"  # the finished dropout arm is left out
+    # the archived final/dense runs of the wiring study, and final's as heads=4, are not retrained
+    assert not any("wiring=final/" in n or "wiring=dense/" in n or "heads=4" in n for n in names)
+    assert sum(n.startswith("converged-wiring/") for n in names) == 12
+    assert sum(n.startswith("converged-heads/") for n in names) == 6
+    assert sum(n.startswith("converged-depth/") for n in names) == 8
+    assert len(names) == 27
+    assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
+    bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
 def test_a_long_study_title_is_wrapped_to_its_figure(tmp_path):
     import matplotlib.pyplot as plt
 

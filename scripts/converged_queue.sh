@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Train the lab's missing converged runs (docs/findings.md section 8) in the order their answers
+# matter, P at a time (default 2: one thread each on two cores), resuming whatever a stopped
+# machine or session left in RUNS (default ~/encdec-runs):
+#   bash scripts/converged_queue.sh            # run the queue
+#   bash scripts/converged_queue.sh --print    # list what is left to train, run nothing
+# 1. the regularisation and schedule arms of section 0 (seed 1, paired with `final` seed 1);
+# 2. the wiring study grows beside its 6 archived runs: layerwise, mix, dense@0+3, final+sf0.2;
+# 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
+# 4. depth with pre-LN: 2, 6, 1-6, 6-1.
+# A run another process is training fails at once with "being trained by another process" and
+# the queue goes on; a finished run (its eval.test.beam4.json exists) is left out. Stop it with
+# `pkill -TERM -f "encdec train --out $RUNS"`: each run saves a checkpoint; rerun to resume.
+# Archive each finished run's small results with scripts/archive_study.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=2
+PRINT=0
+for arg in "$@"; do
+    case $arg in
+        --print) PRINT=1 ;;
+        [1-9]|[1-9][0-9]) P=$arg ;;
+        *) echo "usage: $0 [P] [--print]   (P: runs at a time, default 2)" >&2; exit 2 ;;
+    esac
+done
+[[ -x .venv/bin/encdec ]] && export PATH="$PWD/.venv/bin:$PATH"
+command -v encdec > /dev/null || { echo "encdec is not installed: run scripts/setup.sh first" >&2; exit 1; }
+RUNS=${RUNS:-$HOME/encdec-runs}
+R="--until-converged --set model.dropout=0.1 --set train.average_last=5 --set train.dev_bleu_sentences=1534"
+
+mkdir -p "$RUNS"
+[[ -d $RUNS/converged-wiring ]] || cp -r docs/study/converged-wiring "$RUNS/converged-wiring"
+for k in 1 2 3; do
+    h4=$RUNS/converged-heads/heads=4/seed-$k
+    [[ -d $h4 ]] || { mkdir -p "$(dirname "$h4")"; cp -r "docs/study/converged-wiring/wiring=final/seed-$k" "$h4"; }
+done
+
+# a standalone run's line, unless it finished
+single() {
+    local out=$RUNS/$1
+    shift
+    [[ -f $out/eval.test.beam4.json ]] || echo "encdec train --out $out $*"
+}
+queue=$(
+    single converged-dropout/final-dropout-0.2 --until-converged --set model.dropout=0.2 \
+        --set train.average_last=5 --set train.dev_bleu_sentences=1534
+    single converged-schedule/final-plateau-seed1 $R --set train.schedule=plateau --set train.seed=1
+    # shellcheck disable=SC2086  # $R holds several arguments
+    encdec study wiring --values final,dense,layerwise,mix,dense@0+3,final+sf0.2 --seeds 3 $R \
+        --out "$RUNS/converged-wiring" --print-commands
+    # shellcheck disable=SC2086
+    encdec study heads --values 1,4,8 --reference heads=8 --seeds 3 $R \
+        --out "$RUNS/converged-heads" --print-commands
+    # shellcheck disable=SC2086
+    encdec study depth --values 2,6,1-6,6-1 --reference depth=6 --set model.norm=pre --seeds 2 $R \
+        --out "$RUNS/converged-depth" --print-commands
+)
+if [[ $PRINT == 1 ]]; then
+    printf '%s\n' "$queue"
+    exit 0
+fi
+printf '%s\n' "$queue" | OMP_NUM_THREADS=1 bash benchmarks/parallel_runs.sh "$P"
