@@ -9,7 +9,7 @@
 # 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 4. depth with pre-LN: 2, 6, 1-6, 6-1.
 # A run another process is training fails at once with "being trained by another process" and
-# the queue goes on; a finished run (its eval.test.beam4.json exists) is left out. Stop it with
+# the queue goes on; a finished run (its eval.test.beam4.json exists, in RUNS or docs/runs) is left out. Stop it with
 # `pkill -TERM -f "encdec train --out $RUNS"`: each run saves a checkpoint; rerun to resume.
 # Archive each finished run's small results with scripts/archive_study.sh.
 set -euo pipefail
@@ -35,11 +35,12 @@ for k in 1 2 3; do
     [[ -d $h4 ]] || { mkdir -p "$(dirname "$h4")"; cp -r "docs/study/converged-wiring/wiring=final/seed-$k" "$h4"; }
 done
 
-# a standalone run's line, unless it finished
+# a standalone run's line, unless it finished (here, or archived under docs/runs/ by an earlier machine)
 single() {
     local out=$RUNS/$1
+    [[ -f $out/eval.test.beam4.json || -f docs/runs/$1/eval.test.beam4.json ]] && return 0
     shift
-    [[ -f $out/eval.test.beam4.json ]] || echo "encdec train --out $out $*"
+    echo "encdec train --out $out $*"
 }
 queue=$(
     single converged-dropout/final-dropout-0.2 --until-converged --set model.dropout=0.2 \
