@@ -4,7 +4,8 @@
 # machine or session left in RUNS (default ~/encdec-runs):
 #   bash scripts/converged_queue.sh            # run the queue
 #   bash scripts/converged_queue.sh --print    # list what is left to train, run nothing
-# 1. the regularisation and schedule arms of section 0 (seed 1, paired with `final` seed 1);
+# 1. the regularisation and schedule arms of section 0 (dropout 0.2, 0.3, the plateau schedule;
+#    seed 1, paired with `final` seed 1);
 # 2. the wiring study grows beside its 6 archived runs: layerwise, mix, dense@0+3, final+sf0.2;
 # 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 4. depth with pre-LN: 2, 6, 1-6, 6-1.
@@ -43,8 +44,10 @@ single() {
     echo "encdec train --out $out $*"
 }
 queue=$(
-    single converged-dropout/final-dropout-0.2 --until-converged --set model.dropout=0.2 \
-        --set train.average_last=5 --set train.dev_bleu_sentences=1534
+    for d in 0.2 0.3; do
+        single converged-dropout/final-dropout-$d --until-converged --set model.dropout=$d \
+            --set train.average_last=5 --set train.dev_bleu_sentences=1534
+    done
     single converged-schedule/final-plateau-seed1 $R --set train.schedule=plateau --set train.seed=1
     # shellcheck disable=SC2086  # $R holds several arguments
     encdec study wiring --values final,dense,layerwise,mix,dense@0+3,final+sf0.2 --seeds 3 $R \

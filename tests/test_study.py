@@ -322,14 +322,14 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     outs = [line.split()[3] for line in done.stdout.splitlines()]
     assert all(line.startswith("encdec train --out ") for line in done.stdout.splitlines())
     names = [str(Path(o).relative_to(tmp_path)) for o in outs]
-    # the dropout arm finished in RUNS, the plateau arm's results are archived under docs/runs/: both left out
-    assert names[0] == "converged-wiring/wiring=layerwise/seed-1"
+    # the dropout 0.2 arm finished in RUNS, the plateau arm's results are archived under docs/runs/: both left out
+    assert names[:2] == ["converged-dropout/final-dropout-0.3", "converged-wiring/wiring=layerwise/seed-1"]
     # the archived final/dense runs of the wiring study, and final's as heads=4, are not retrained
     assert not any("wiring=final/" in n or "wiring=dense/" in n or "heads=4" in n for n in names)
     assert sum(n.startswith("converged-wiring/") for n in names) == 12
     assert sum(n.startswith("converged-heads/") for n in names) == 6
     assert sum(n.startswith("converged-depth/") for n in names) == 8
-    assert len(names) == 26
+    assert len(names) == 27
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
     bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
