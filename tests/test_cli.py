@@ -147,3 +147,38 @@ def test_compare_tests_two_systems_on_the_same_sentences(tmp_path):
                           ((str(run_dir), str(run_dir), "--split", "dev"), "score the run first")):
         bad = run("compare", *args)
         assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
+
+
+def test_evaluate_scores_a_kept_milestone_without_touching_the_final_result(trained_tiny, tmp_path):
+    import shutil
+
+    import torch
+
+    from encdec.checkpoint import load_run, save_weights
+    from encdec.model import Transformer
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_tiny, folder)
+    cfg, _ = load_run(folder)
+    torch.manual_seed(0)
+    (folder / "milestones").mkdir(exist_ok=True)
+    save_weights(Transformer(cfg.model), folder / "milestones" / "step-0000000.safetensors")  # an untrained model
+
+    def evaluate(*extra):
+        r = run("evaluate", "--checkpoint", str(folder), "--beam", "1", "--limit", "30", "--json", *extra)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output[r.output.index("{"):])
+
+    final = evaluate()
+    early = evaluate("--weights", "milestones/step-0000000.safetensors")
+    assert early["weights"] == "milestones/step-0000000.safetensors" and final["weights"] == "model.safetensors"
+    assert early["bleu"] < 1 and final["bleu"] > early["bleu"]  # untrained weights cannot reverse a sequence
+    milestone_hyps = folder / "hyps.test.beam1.milestones-step-0000000.txt"
+    assert milestone_hyps.read_text() != (folder / "hyps.test.beam1.txt").read_text()
+    assert milestone_hyps.read_text().count("\n") == 30
+    assert json.loads((folder / "eval.test.beam1.json").read_text())["bleu"] == final["bleu"]
+    assert json.loads((folder / "eval.test.beam1.milestones-step-0000000.json").read_text())["bleu"] == early["bleu"]
+    for bad, says in ((["--weights", "milestones/step-0001000.safetensors"], "kept weights: milestones/step-0000000"),
+                      (["--weights", "../run/model.safetensors"], "inside the run folder")):
+        r = runner.invoke(app, ["evaluate", "--checkpoint", str(folder), *bad])
+        assert r.exit_code == 2 and says in r.output, r.output

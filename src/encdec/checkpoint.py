@@ -211,8 +211,12 @@ def load_run(run: Path, *, weights: str = "model.safetensors") -> tuple[RunConfi
         fallback = run / "checkpoint" / "model.safetensors"
         if weights == "model.safetensors" and fallback.exists():
             path = fallback
-        else:
+        elif weights == "model.safetensors":
             raise ValueError(f"{run} has no {weights}; has training finished? (encdec train --out {run} resumes it)")
+        else:
+            kept = sorted(str(w.relative_to(run)) for d in ("milestones", "snapshots")
+                          for w in (run / d).glob("*.safetensors"))
+            raise ValueError(f"{run} has no {weights}; its kept weights: {', '.join(kept) or 'none'}")
     model = Transformer(cfg.model)
     load_weights(model, path)
     model.eval()

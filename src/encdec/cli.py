@@ -205,7 +205,13 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
              as_json: bool = typer.Option(False, "--json"),
              int8: bool = typer.Option(False, "--int8", help="Decode with int8 weights (CPU; see `encdec.quantize`)."),
              device: str = typer.Option("auto"),
-             limit: int = typer.Option(0, help="Score only the first N sentences (0 = all).")):
+             limit: int = typer.Option(0, help="Score only the first N sentences (0 = all)."),
+             weights: str = typer.Option("model.safetensors",
+                                         help="Weights file in the run folder to score instead of the final "
+                                              "weights: a milestone (milestones/step-0008000.safetensors; kept at "
+                                              "steps 1k, 2k, 4k, ...) or a snapshot (snapshots/step-*.safetensors). "
+                                              "The result files then carry its name, e.g. "
+                                              "eval.test.beam4.milestones-step-0008000.json.")):
     """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV.
 
     Also writes `eval.<split>.beam<k>.json` to the run folder."""
@@ -216,12 +222,15 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
 
     if split not in ("dev", "test", "train"):
         fail(f"--split={split!r}; choose dev, test or train")
+    if Path(weights).is_absolute() or ".." in Path(weights).parts:
+        fail(f"--weights={weights!r}: name a file inside the run folder, e.g. milestones/step-0008000.safetensors")
     try:
-        cfg, _ = load_run(checkpoint)
+        cfg, _ = load_run(checkpoint, weights=weights)
         rt = runtime(device, "fp32" if int8 else cfg.train.precision)
         with Progress(console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task(f"translating {split} (beam {beam})", total=None)
-            result = score_run(checkpoint, split, rt, beam=beam, alpha=alpha, limit=limit, int8=int8, log=log,
+            result = score_run(checkpoint, split, rt, beam=beam, alpha=alpha, limit=limit, int8=int8,
+                               weights=weights, log=log,
                                on_start=lambda n: bar.update(task, total=n),
                                on_batch=lambda n: bar.advance(task, n))
     except ValueError as e:
@@ -229,7 +238,8 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{split}: {result['sentences']} sentences, beam {beam}{', int8' if int8 else ''}, "
+    print(f"{split}: {result['sentences']} sentences, beam {beam}{', int8' if int8 else ''}"
+          f"{'' if weights == 'model.safetensors' else ', weights ' + weights}, "
           f"{result['sent_per_s']} sent/s; "
           f"hypotheses in {result['hypotheses']}")
     print(f"BLEU = {result['bleu']:.2f}  chrF = {result['chrf']:.2f}   (reference: WEB)   {result['bleu_signature']}")

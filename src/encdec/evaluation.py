@@ -64,24 +64,35 @@ def translate_lines(model, vocab: Vocab, lines: list[str], rt: Runtime, *, beam:
     return out
 
 
-def result_path(run: Path, split: str, beam: int, int8: bool = False) -> Path:
-    return Path(run) / f"eval.{split}.beam{beam}{'.int8' if int8 else ''}.json"
+FINAL_WEIGHTS = "model.safetensors"
 
 
-def hyps_path(run: Path, split: str, beam: int, int8: bool = False) -> Path:
+def _suffix(int8: bool, weights: str) -> str:
+    """`.int8` for int8 decoding, then the weights file when it is not the final one, e.g.
+    `.milestones-step-0008000` for `milestones/step-0008000.safetensors`."""
+    tag = "" if weights == FINAL_WEIGHTS else "." + weights.removesuffix(".safetensors").replace("/", "-")
+    return (".int8" if int8 else "") + tag
+
+
+def result_path(run: Path, split: str, beam: int, int8: bool = False, weights: str = FINAL_WEIGHTS) -> Path:
+    return Path(run) / f"eval.{split}.beam{beam}{_suffix(int8, weights)}.json"
+
+
+def hyps_path(run: Path, split: str, beam: int, int8: bool = False, weights: str = FINAL_WEIGHTS) -> Path:
     """The hypotheses `score_run` writes, one line per sentence of the split."""
-    return Path(run) / f"hyps.{split}.beam{beam}{'.int8' if int8 else ''}.txt"
+    return Path(run) / f"hyps.{split}.beam{beam}{_suffix(int8, weights)}.txt"
 
 
 def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: float = ALPHA, limit: int = 0,
-              int8: bool = False, log=None,
+              int8: bool = False, weights: str = FINAL_WEIGHTS, log=None,
               on_start: Callable[[int], None] | None = None,
               on_batch: Callable[[int], None] | None = None) -> dict:
     """BLEU and chrF (sacreBLEU) of the run's final weights on `split` (first `limit` sentences if > 0),
     against the main reference and, where the corpus has one, a second reference. With `int8` the
-    weights are quantized first (`encdec.quantize`) and the files get an `.int8` suffix."""
+    weights are quantized first (`encdec.quantize`) and the files get an `.int8` suffix; `weights`
+    (a file in the run folder, e.g. a milestone) scores other weights, named in the files' suffix."""
     run = Path(run)
-    cfg, model = load_run(run)
+    cfg, model = load_run(run, weights=weights)
     vocab = Vocab(run / "vocab.model")
     pairs = load_corpus(cfg.data.source, cfg.data.cache_dir, log=log).split(split)
     if limit > 0:
@@ -102,10 +113,10 @@ def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: fl
                             on_batch=on_batch, on_truncate=truncated)
     seconds = time.time() - t0
     hyps = [vocab.decode(h) for h in hyp_ids]
-    hyp_file = hyps_path(run, split, beam, int8)
+    hyp_file = hyps_path(run, split, beam, int8, weights)
     hyp_file.write_text("".join(h + "\n" for h in hyps))
     refs = [p.tgt for p in pairs]
-    result = {"split": split, "sentences": len(pairs), "beam": beam, "alpha": alpha, "int8": int8,
+    result = {"split": split, "sentences": len(pairs), "beam": beam, "alpha": alpha, "int8": int8, "weights": weights,
               "seconds": round(seconds, 1),
               "sent_per_s": round(len(pairs) / max(seconds, 1e-9), 1), "hypotheses": str(hyp_file)}
     b1, c1 = bleu(hyps, [refs]), chrf(hyps, [refs])
@@ -116,7 +127,7 @@ def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: fl
         b2, c2 = bleu(hyps, [refs, second]), chrf(hyps, [refs, second])
         result.update({"bleu_2refs": round(b2.score, 2), "chrf_2refs": round(c2.score, 2),
                        "bleu_2refs_signature": b2.signature})
-    result_path(run, split, beam, int8).write_text(json.dumps(result, indent=2) + "\n")
+    result_path(run, split, beam, int8, weights).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
