@@ -159,7 +159,7 @@ def train(
     log(f"training done: {json.dumps(summary)}")
     if evaluate_after:
         evaluate(checkpoint=out, split="test", beam=beam, alpha=ALPHA, as_json=False, device=device, limit=eval_limit,
-                 int8=False)
+                 int8=False, weights="model.safetensors")
 
 
 @app.command()
