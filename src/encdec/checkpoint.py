@@ -200,18 +200,25 @@ def write_config(run: Path, cfg: RunConfig) -> None:
     os.replace(tmp, run / "config.json")
 
 
-def load_run(run: Path, *, weights: str = "model.safetensors") -> tuple[RunConfig, Transformer]:
-    """Config + model of a finished (or checkpointed) run, ready for evaluation."""
+FINAL_WEIGHTS = "model.safetensors"  # what `train` chose in the end (best dev checkpoint or snapshot average)
+
+
+def load_run(run: Path, *, weights: str = FINAL_WEIGHTS) -> tuple[RunConfig, Transformer]:
+    """Config + model of a finished (or checkpointed) run, ready for evaluation; `weights` names
+    another weights file inside the run folder (best.safetensors, milestones/…, snapshots/…)."""
     run = Path(run)
     if not (run / "config.json").exists():
         raise ValueError(f"{run} is not an encdec run folder (no config.json)")
+    if Path(weights).is_absolute() or ".." in Path(weights).parts:
+        raise ValueError(f"weights {weights!r}: name a file inside the run folder, e.g. "
+                         "milestones/step-0008000.safetensors")
     cfg = load_json(run / "config.json")
     path = run / weights
     if not path.exists():
-        fallback = run / "checkpoint" / "model.safetensors"
-        if weights == "model.safetensors" and fallback.exists():
+        fallback = run / "checkpoint" / FINAL_WEIGHTS
+        if weights == FINAL_WEIGHTS and fallback.exists():
             path = fallback
-        elif weights == "model.safetensors":
+        elif weights == FINAL_WEIGHTS:
             raise ValueError(f"{run} has no {weights}; has training finished? (encdec train --out {run} resumes it)")
         else:
             kept = sorted(str(w.relative_to(run)) for d in ("milestones", "snapshots")

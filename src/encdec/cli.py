@@ -32,7 +32,7 @@ from encdec.config import (
 )
 from encdec.config import until_converged as config_until_converged
 from encdec.study_command import study
-from encdec.ui import SET_HELP, console, fail, log, runtime, show, warn
+from encdec.ui import SET_HELP, WEIGHTS, console, fail, log, runtime, show, warn
 
 # help is Markdown: docstring paragraphs reflow, and `[...]` is text (rich markup would eat it)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -104,6 +104,7 @@ def train(
     import torch
 
     from encdec import distributed
+    from encdec.checkpoint import FINAL_WEIGHTS
     from encdec.train import Interrupted, fit
 
     if nproc > 1:
@@ -159,7 +160,7 @@ def train(
     log(f"training done: {json.dumps(summary)}")
     if evaluate_after:
         evaluate(checkpoint=out, split="test", beam=beam, alpha=ALPHA, as_json=False, device=device, limit=eval_limit,
-                 int8=False, weights="model.safetensors")
+                 int8=False, weights=FINAL_WEIGHTS)
 
 
 @app.command()
@@ -206,24 +207,18 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
              int8: bool = typer.Option(False, "--int8", help="Decode with int8 weights (CPU; see `encdec.quantize`)."),
              device: str = typer.Option("auto"),
              limit: int = typer.Option(0, help="Score only the first N sentences (0 = all)."),
-             weights: str = typer.Option("model.safetensors",
-                                         help="Weights file in the run folder to score instead of the final "
-                                              "weights: a milestone (milestones/step-0008000.safetensors; kept at "
-                                              "steps 1k, 2k, 4k, ...) or a snapshot (snapshots/step-*.safetensors). "
-                                              "The result files then carry its name, e.g. "
-                                              "eval.test.beam4.milestones-step-0008000.json.")):
+             weights: str = WEIGHTS):
     """Translate a split, write the hypotheses, print sacreBLEU BLEU and chrF against WEB and WEB+KJV.
 
-    Also writes `eval.<split>.beam<k>.json` to the run folder."""
+    Also writes `eval.<split>.beam<k>.json` to the run folder; weights other than the final ones
+    (`--weights`) name the files, e.g. `eval.test.beam4.milestones-step-0008000.json`."""
     from rich.progress import Progress
 
-    from encdec.checkpoint import load_run
+    from encdec.checkpoint import FINAL_WEIGHTS, load_run
     from encdec.evaluation import score_run
 
     if split not in ("dev", "test", "train"):
         fail(f"--split={split!r}; choose dev, test or train")
-    if Path(weights).is_absolute() or ".." in Path(weights).parts:
-        fail(f"--weights={weights!r}: name a file inside the run folder, e.g. milestones/step-0008000.safetensors")
     try:
         cfg, _ = load_run(checkpoint, weights=weights)
         rt = runtime(device, "fp32" if int8 else cfg.train.precision)
@@ -239,7 +234,7 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
         print(json.dumps(result, indent=2))
         return
     print(f"{split}: {result['sentences']} sentences, beam {beam}{', int8' if int8 else ''}"
-          f"{'' if weights == 'model.safetensors' else ', weights ' + weights}, "
+          f"{'' if weights == FINAL_WEIGHTS else ', weights ' + weights}, "
           f"{result['sent_per_s']} sent/s; "
           f"hypotheses in {result['hypotheses']}")
     print(f"BLEU = {result['bleu']:.2f}  chrF = {result['chrf']:.2f}   (reference: WEB)   {result['bleu_signature']}")

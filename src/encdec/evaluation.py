@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from encdec.checkpoint import load_run
+from encdec.checkpoint import FINAL_WEIGHTS, load_run
 from encdec.config import ALPHA, BEAM
 from encdec.data import load_corpus
 from encdec.data.vocab import Vocab
@@ -62,9 +62,6 @@ def translate_lines(model, vocab: Vocab, lines: list[str], rt: Runtime, *, beam:
     for i, h in zip(keep, hyps):
         out[i] = " ".join(vocab.decode(h).split("\n"))  # an output line holds no line break
     return out
-
-
-FINAL_WEIGHTS = "model.safetensors"
 
 
 def _suffix(int8: bool, weights: str) -> str:

@@ -11,6 +11,11 @@ from rich.table import Table
 
 console = Console(stderr=True, soft_wrap=True)
 SET_HELP = "Override any config field, e.g. --set train.lr=3e-4 --set model.wiring=layerwise (repeatable)."
+WEIGHTS = typer.Option("model.safetensors",  # checkpoint.FINAL_WEIGHTS (not imported here: it loads torch)
+                       help="Weights file in the run folder: model.safetensors = the final choice of `train`; "
+                            "best.safetensors = the best dev checkpoint; milestones/step-0008000.safetensors = "
+                            "the weights kept at a milestone (steps 1k, 2k, 4k, ...); snapshots/step-*.safetensors "
+                            "= the last evaluations' snapshots.")
 
 
 def fail(msg: str) -> None:

@@ -13,15 +13,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from encdec.config import WIRINGS
-from encdec.ui import console, fail, log, runtime, show
+from encdec.ui import WEIGHTS, console, fail, log, runtime, show
 
 analyze = typer.Typer(no_args_is_help=True, help="Attention maps, head roles, head pruning, gradient flow, latency, "
                                                  "wiring weights of a trained run (see docs/findings.md).")
 
 CHECKPOINT = typer.Option(..., "--checkpoint", help="Run folder written by `encdec train`.")
 DEVICE = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")
-WEIGHTS = typer.Option("model.safetensors", help="Weights file in the run folder (model.safetensors = the final "
-                                                "choice of `train`; best.safetensors = best dev checkpoint).")
 
 
 def _load(checkpoint: Path, device: str, weights: str):
