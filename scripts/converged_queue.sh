@@ -9,6 +9,8 @@
 # 2. the wiring study grows beside its 6 archived runs: layerwise, mix, dense@0+3, final+sf0.2;
 # 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 4. depth with pre-LN: 2, 6, 1-6, 6-1.
+# The studies' runs go seed by seed: every point's seed 1 (in the order above) before any seed 2,
+# so that each claim gets its first converged reading as early as the machine allows.
 # A run another process is training fails at once with "being trained by another process" and
 # the queue goes on; a finished run (its eval.test.beam4.json exists, in RUNS or docs/runs) is left out. Stop it with
 # `pkill -TERM -f "encdec train --out $RUNS"`: each run saves a checkpoint; rerun to resume.
@@ -59,6 +61,10 @@ queue=$(
     encdec study depth --values 2,6,1-6,6-1 --reference depth=6 --set model.norm=pre --seeds 2 $R \
         --out "$RUNS/converged-depth" --print-commands
 )
+# stable sort on the seed of the run folder (a standalone run counts as seed 0: first)
+queue=$(printf '%s\n' "$queue" |
+    awk '{ s = 0; if (match($0, /\/seed-[0-9]+/)) s = substr($0, RSTART + 6, RLENGTH - 6); print s "\t" $0 }' |
+    sort -s -n -k1,1 | cut -f2-)
 if [[ $PRINT == 1 ]]; then
     printf '%s\n' "$queue"
     exit 0

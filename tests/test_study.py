@@ -330,6 +330,11 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     assert sum(n.startswith("converged-heads/") for n in names) == 6
     assert sum(n.startswith("converged-depth/") for n in names) == 8
     assert len(names) == 27
+    # seed by seed across the studies: every point's first seed before any second one
+    seeds = [int(n.rsplit("seed-", 1)[1]) if "/seed-" in n else 0 for n in names]
+    assert seeds == sorted(seeds)
+    assert names[4:7] == ["converged-wiring/wiring=final+sf0.2/seed-1", "converged-heads/heads=1/seed-1",
+                          "converged-heads/heads=8/seed-1"]
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
     bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
