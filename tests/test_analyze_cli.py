@@ -51,11 +51,19 @@ def test_attention_heads_prune_write_their_files(mix_run, tmp_path):
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((tmp_path / "heads" / "heads.csv").open()))
     assert len(rows) == 3 * 2 * 4 and all(r["role"] for r in rows)
+    assert (tmp_path / "heads" / "heads.md").read_text().startswith(f"# Head statistics: {mix_run} (30 dev")
+    # another weights file of the run: the outputs say which, so a run's milestones tell themselves apart
     r = run("analyze", "prune", "--checkpoint", mix_run, "--out", tmp_path / "prune", "--sentences", 10,
-            "--importance-sentences", 20, "--steps", 2)
+            "--importance-sentences", 20, "--steps", 2, "--weights", "best.safetensors")
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "prune" / "summary.json").read_text())
     assert set(summary) >= {"enc", "dec", "cross"} and (tmp_path / "prune" / "prune.png").exists()
+    assert summary["weights"] == "best.safetensors"
+    r = run("analyze", "heads", "--checkpoint", mix_run, "--out", tmp_path / "heads-best", "--sentences", 30,
+            "--weights", "best.safetensors")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "heads-best" / "heads.md").read_text().startswith(
+        f"# Head statistics: {mix_run} [best.safetensors] (30 dev")
 
 
 def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):

@@ -36,6 +36,16 @@ def _load(checkpoint: Path, device: str, weights: str):
     return cfg, model.to(rt.device).eval(), vocab, rt
 
 
+def _name(checkpoint: Path, weights: str, *, full: bool = False) -> str:
+    """How titles and summaries name the analysed model: the run folder (its whole path with
+    `full`), and the weights file when it is not train's final choice, so that the analyses of
+    one run's milestones tell themselves apart."""
+    from encdec.checkpoint import FINAL_WEIGHTS
+
+    name = str(checkpoint) if full else checkpoint.name
+    return name if weights == FINAL_WEIGHTS else f"{name} [{weights}]"
+
+
 def _split_pairs(cfg, vocab, split: str, n: int, seed: int = 0) -> tuple[list, list]:
     """Encoded (src, tgt) pairs of a fixed random subset of `split` (n <= 0: all) and the raw pairs."""
     from encdec.data import load_corpus
@@ -85,7 +95,7 @@ def attention(checkpoint: Path = CHECKPOINT,
         fail(f"the sentence has {len(src_ids)} pieces; the model takes at most {cfg.model.max_len - 1}")
     maps = collect(model, vocab.pieces, src_ids, tgt_ids)
     files = [plot_grid(maps, kind, out / f"{kind}.png", max_heads=max_heads) for kind in KINDS]
-    files.append(write_html(maps, out / "attention.html", title=f"{checkpoint.name}: {text[:80]}"))
+    files.append(write_html(maps, out / "attention.html", title=f"{_name(checkpoint, weights)}: {text[:80]}"))
     print(f"source:      {text}")
     print(f"translation: {vocab.decode(maps.tgt_ids)}")
     for f in files:
@@ -112,10 +122,10 @@ def heads(checkpoint: Path = CHECKPOINT,
     rows = head_roles.table(stats)
     plots.write_csv(rows, out / "heads.csv")
     names = {"enc": "encoder self-attention", "dec": "decoder self-attention", "cross": "cross-attention"}
-    md = [f"# Head statistics: {checkpoint} ({len(pairs)} dev sentences)\n",
+    md = [f"# Head statistics: {_name(checkpoint, weights, full=True)} ({len(pairs)} dev sentences)\n",
           head_roles.__doc__.split("Roles")[0].strip(), ""]
     for kind, name in names.items():
-        plots.head_stats(rows, kind, f"{name}: {checkpoint.name}, {len(pairs)} dev sentences",
+        plots.head_stats(rows, kind, f"{name}: {_name(checkpoint, weights)}, {len(pairs)} dev sentences",
                          out / f"heads_{kind}.png")
         cols = ["layer", "head", "norm_entropy", "prev", "same", "next", "punct", "eos", "role"] if kind != "cross" \
             else ["layer", "head", "norm_entropy", "diagonal", "punct", "eos", "role"]
@@ -178,8 +188,8 @@ def prune(checkpoint: Path = CHECKPOINT,
 
         rows = pruning.curve(model, imp, score, steps=steps, on_point=point)
     plots.write_csv(rows, out / "prune.csv")
-    plots.prune_curves(rows, f"{checkpoint.name}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) vs heads pruned",
-                 out / "prune.png")
+    plots.prune_curves(rows, f"{_name(checkpoint, weights)}: dev BLEU ({len(bleu_pairs)} sentences, beam {beam}) "
+                             "vs heads pruned", out / "prune.png")
     show(_table("dev BLEU as heads are pruned", rows, ["kind", "heads_pruned", "heads", "score", "variant"], "{:.2f}"))
     summary = {}
     for kind in pruning.KINDS:
@@ -187,8 +197,8 @@ def prune(checkpoint: Path = CHECKPOINT,
         heads_n = next(r["heads"] for r in rows if r["kind"] == kind)
         summary[kind] = {"prunable": n, "heads": heads_n}
         print(f"{kind}: {n} of {heads_n} heads pruned with dev BLEU within {tolerance} of the full model")
-    (out / "summary.json").write_text(json.dumps({"tolerance": tolerance, "base": rows[0]["score"], **summary},
-                                                 indent=1) + "\n")
+    summary = {"weights": weights, "tolerance": tolerance, "base": rows[0]["score"], **summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     log(f"wrote {out}/prune.csv, prune.png, importance.json, summary.json")
 
 
@@ -349,7 +359,8 @@ def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
             what = ", ".join("embeddings" if j == 0 else f"enc{j}" for j in src)
             print(f"{layer} reads {what}" + (" (concatenated)" if m.wiring == "dense" else ""))
         return
-    t = Table(title=f"{checkpoint}: learned mix weights (rows: decoder layer; columns: encoder state)")
+    t = Table(title=f"{_name(checkpoint, weights, full=True)}: learned mix weights "
+                    "(rows: decoder layer; columns: encoder state)")
     t.add_column("decoder layer")
     for j in memory_states(m):
         t.add_column("emb" if j == 0 else f"enc{j}", justify="right")
