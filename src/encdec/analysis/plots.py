@@ -195,7 +195,7 @@ def prune_curves(rows: list[dict], title: str, path: Path, metric: str = "dev BL
         for r in rows:
             if r["kind"] == kind and "variant" in r:
                 ax.plot(100 * r["fraction"], r["score"], "*", ms=12, color=color)
-    ax.set_xlabel("heads pruned (%), least important first  (* = only the best head per layer kept)")
+    ax.set_xlabel("heads pruned (%), least important first\n(* = only the best head per layer kept)")  # fits 6 inches
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend()
