@@ -32,7 +32,10 @@ RUNS=${RUNS:-$HOME/encdec-runs}
 R="--until-converged --set model.dropout=0.1 --set train.average_last=5 --set train.dev_bleu_sentences=1534"
 
 mkdir -p "$RUNS"
-[[ -d $RUNS/converged-wiring ]] || cp -r docs/study/converged-wiring "$RUNS/converged-wiring"
+# a study archived under docs/study/ by an earlier machine starts from its finished runs
+for s in converged-wiring converged-heads converged-depth; do
+    [[ -d $RUNS/$s || ! -d docs/study/$s ]] || cp -r "docs/study/$s" "$RUNS/$s"
+done
 for k in 1 2 3; do
     h4=$RUNS/converged-heads/heads=4/seed-$k
     [[ -d $h4 ]] || { mkdir -p "$(dirname "$h4")"; cp -r "docs/study/converged-wiring/wiring=final/seed-$k" "$h4"; }

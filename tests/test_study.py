@@ -312,30 +312,38 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "converged_queue.sh"
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "scripts" / "converged_queue.sh"
     finished = tmp_path / "converged-dropout" / "final-dropout-0.2"
     finished.mkdir(parents=True)
     (finished / "eval.test.beam4.json").write_text("{}")
     done = subprocess.run(["bash", str(script), "--print"], capture_output=True, text=True,
                           env={**os.environ, "RUNS": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    outs = [line.split()[3] for line in done.stdout.splitlines()]
     assert all(line.startswith("encdec train --out ") for line in done.stdout.splitlines())
-    names = [str(Path(o).relative_to(tmp_path)) for o in outs]
-    # the dropout 0.2 arm finished in RUNS, the plateau arm's results are archived under docs/runs/: both left out
-    assert names[:2] == ["converged-dropout/final-dropout-0.3", "converged-wiring/wiring=layerwise/seed-1"]
-    # the archived final/dense runs of the wiring study, and final's as heads=4, are not retrained
-    assert not any("wiring=final/" in n or "wiring=dense/" in n or "heads=4" in n for n in names)
-    assert sum(n.startswith("converged-wiring/") for n in names) == 12
-    assert sum(n.startswith("converged-heads/") for n in names) == 6
-    assert sum(n.startswith("converged-depth/") for n in names) == 8
-    assert len(names) == 27
-    # seed by seed across the studies: every point's first seed before any second one
-    seeds = [int(n.rsplit("seed-", 1)[1]) if "/seed-" in n else 0 for n in names]
-    assert seeds == sorted(seeds)
-    assert names[4:7] == ["converged-wiring/wiring=final+sf0.2/seed-1", "converged-heads/heads=1/seed-1",
-                          "converged-heads/heads=8/seed-1"]
+    names = [str(Path(line.split()[3]).relative_to(tmp_path)) for line in done.stdout.splitlines()]
+    # every planned run, less those finished: in RUNS (dropout 0.2), archived under docs/runs/ (the plateau
+    # arm) or under docs/study/ (the wiring study's, and final's three as heads=4), whatever the archive holds today
+    planned = [f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense", "layerwise", "mix", "dense@0+3",
+                                                               "final+sf0.2") for k in (1, 2, 3)]
+    planned += [f"converged-heads/heads={v}/seed-{k}" for v in (1, 4, 8) for k in (1, 2, 3)]
+    planned += [f"converged-depth/depth={v}/seed-{k}" for v in ("2", "6", "1-6", "6-1") for k in (1, 2)]
+    archived = {str(p.parent.relative_to(repo / "docs" / "study"))
+                for p in (repo / "docs" / "study").glob("converged-*/*/seed-*/eval.test.beam4.json")}
+    archived |= {f"converged-heads/heads=4/seed-{k}" for k in (1, 2, 3)
+                 if f"converged-wiring/wiring=final/seed-{k}" in archived}
+    standalone = [] if (repo / "docs/runs/converged-dropout/final-dropout-0.3/eval.test.beam4.json").exists() \
+        else ["converged-dropout/final-dropout-0.3"]
+    assert {f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense") for k in (1, 2, 3)} <= archived
+    assert sorted(names) == sorted(standalone + [n for n in planned if n not in archived])
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
+    # the standalone arm first, then seed by seed across the studies: every point's first seed before a second
+    assert names[:len(standalone)] == standalone
+    seeds = [int(n.rsplit("seed-", 1)[1]) for n in names[len(standalone):]]
+    assert seeds == sorted(seeds)
+    assert [n.split("/")[0] for n in names if n.endswith("seed-1")] == sorted(
+        (n.split("/")[0] for n in names if n.endswith("seed-1")), key=["converged-wiring", "converged-heads",
+                                                                      "converged-depth"].index)
     bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
 
