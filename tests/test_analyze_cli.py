@@ -82,6 +82,25 @@ def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):
     assert all(float(r["train_step_ms"]) > 0 for r in rows)
 
 
+def test_gradflow_end_run_without_dropout_is_the_deterministic_model(tmp_path):
+    """--no-end-dropout measures a trained model in eval mode: two measurements agree exactly,
+    while with the run's dropout (0.3 here) on, as in training, they do not."""
+    out = tmp_path / "seed-1"
+    r = run("train", "--data", "synthetic:copy", "--preset", "tiny", "--steps", 2, "--out", out, "--no-evaluate",
+            "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=256", "--set", "model.dropout=0.3")
+    assert r.exit_code == 0, r.output
+    rows = []
+    for k, flag in enumerate(["--no-end-dropout", "--no-end-dropout", "--end-dropout"]):
+        r = run("analyze", "gradflow", "--checkpoint", out, "--out", tmp_path / f"g{k}", "--schemes", "",
+                "--end-run", out, "--batches", 2, flag)
+        assert r.exit_code == 0, r.output
+        (row,) = csv.DictReader((tmp_path / f"g{k}" / "gradflow_summary.csv").open())
+        rows.append(row)
+    # a study's seed-K folder is named with its parent
+    assert rows[0] == rows[1] and rows[0]["phase"] == f"end of {tmp_path.name}/seed-1, no dropout"
+    assert rows[2]["phase"] == f"end of {tmp_path.name}/seed-1" and rows[2]["enc1"] != rows[0]["enc1"]
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["gradflow", "--schemes", "final,sparse"], "unknown schemes ['sparse']"),
     (["attention", "--index", "100000"], "out of range"),

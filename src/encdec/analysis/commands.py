@@ -210,6 +210,10 @@ def gradflow(checkpoint: Path = CHECKPOINT,
              end_runs: list[Path] = typer.Option([], "--end-run", help="Trained run folders whose gradients at the "
                                                                        "end of training to measure (repeatable)."),
              batches: int = typer.Option(20, help="Training batches averaged for each --end-run."),
+             end_dropout: bool = typer.Option(True, help="Measure --end-run gradients with the run's dropout on, "
+                                                          "as in training; --no-end-dropout measures the "
+                                                          "deterministic model (runs trained at different "
+                                                          "dropout rates then compare)."),
              device: str = DEVICE):
     """Gradient norms per layer and sublayer, per wiring scheme.
 
@@ -261,9 +265,12 @@ def gradflow(checkpoint: Path = CHECKPOINT,
             fail(f"{run} has {rcfg.model.n_enc_layers}+{rcfg.model.n_dec_layers} layers; "
                  f"--checkpoint has {n_enc}+{n_dec}")
         log(f"{run}: gradients of the trained model over {batches} batches ...")
-        end[f"{run.name} ({rcfg.model.wiring})"] = frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches)
-        summary.append({"scheme": rcfg.model.wiring, "phase": f"end of {run.name}",
-                        **{k: end[f'{run.name} ({rcfg.model.wiring})'][k] for k in layers}})
+        # a study's run folder is seed-K: name it with its point (wiring=mix/seed-1)
+        name = f"{run.parent.name}/{run.name}" if run.name.startswith("seed-") else run.name
+        grads = frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches, dropout=end_dropout)
+        end[f"{name} ({rcfg.model.wiring})"] = grads
+        phase = f"end of {name}" + ("" if end_dropout else ", no dropout")
+        summary.append({"scheme": rcfg.model.wiring, "phase": phase, **{k: grads[k] for k in layers}})
     if end:
         plots.gradflow_overlay(end, layers, "mean gradient norm per layer at the end of training",
                                out / "gradflow_end.png")

@@ -68,9 +68,12 @@ def training_norms(model, data, cfg, rt: Runtime, steps: int, *, log=None) -> li
     return records
 
 
-def frozen_norms(model, data, cfg, rt: Runtime, batches: int) -> dict[str, float]:
-    """Mean gradient norms of a trained model over `batches` training batches, without updating it."""
-    model.train()  # same dropout behaviour as in training
+def frozen_norms(model, data, cfg, rt: Runtime, batches: int, *, dropout: bool = True) -> dict[str, float]:
+    """Mean gradient norms of a trained model over `batches` training batches, without updating it.
+
+    With `dropout` (the default) the model runs as in training; without, in eval mode, so that the
+    gradients are of the deterministic model and runs trained at different dropout rates compare."""
+    model.train(dropout)
     order = epoch_order(len(data.train_batches), seed=cfg.train.seed, epoch=0)
     total: dict[str, float] = {}
     for j in range(batches):
