@@ -332,8 +332,9 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
                 for p in (repo / "docs" / "study").glob("converged-*/*/seed-*/eval.test.beam4.json")}
     archived |= {f"converged-heads/heads=4/seed-{k}" for k in (1, 2, 3)
                  if f"converged-wiring/wiring=final/seed-{k}" in archived}
-    standalone = [] if (repo / "docs/runs/converged-dropout/final-dropout-0.3/eval.test.beam4.json").exists() \
-        else ["converged-dropout/final-dropout-0.3"]
+    standalone = [run for run in ("converged-dropout/final-dropout-0.3",
+                                  "converged-ceiling/final-dropout-0.2-linear15k")
+                  if not (repo / "docs/runs" / run / "eval.test.beam4.json").exists()]
     assert {f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense") for k in (1, 2, 3)} <= archived
     assert sorted(names) == sorted(standalone + [n for n in planned if n not in archived])
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
