@@ -272,7 +272,8 @@ def gradflow(checkpoint: Path = CHECKPOINT,
         phase = f"end of {name}" + ("" if end_dropout else ", no dropout")
         summary.append({"scheme": rcfg.model.wiring, "phase": phase, **{k: grads[k] for k in layers}})
     if end:
-        plots.gradflow_overlay(end, layers, "mean gradient norm per layer at the end of training",
+        plots.gradflow_overlay(end, layers, "mean gradient norm per layer at the end of training"
+                               + ("" if end_dropout else " (dropout off)"),
                                out / "gradflow_end.png")
     plots.write_csv(summary, out / "gradflow_summary.csv")
     show(_table("mean gradient L2 norm per layer", summary, ["scheme", "phase", *layers], "{:.4f}"))
