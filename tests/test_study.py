@@ -338,7 +338,7 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     assert {f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense") for k in (1, 2, 3)} <= archived
     assert sorted(names) == sorted(standalone + [n for n in planned if n not in archived])
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
-    # the standalone arm first, then seed by seed across the studies: every point's first seed before a second
+    # the standalone arms first, then seed by seed across the studies: every point's first seed before a second
     assert names[:len(standalone)] == standalone
     seeds = [int(n.rsplit("seed-", 1)[1]) for n in names[len(standalone):]]
     assert seeds == sorted(seeds)
