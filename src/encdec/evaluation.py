@@ -86,9 +86,9 @@ def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: fl
               on_batch: Callable[[int], None] | None = None) -> dict:
     """BLEU and chrF (sacreBLEU) of the run's weights (the final ones by default) on `split` (first
     `limit` sentences if > 0), against the main reference and, where the corpus has one, a second
-    reference. With `int8` the
-    weights are quantized first (`encdec.quantize`) and the files get an `.int8` suffix; `weights`
-    (a file in the run folder, e.g. a milestone) scores other weights, named in the files' suffix."""
+    reference. With `int8` the weights are quantized first (`encdec.quantize`) and the files get an
+    `.int8` suffix; `weights` (a file in the run folder, e.g. a milestone) scores other weights,
+    named in the files' suffix."""
     run = Path(run)
     cfg, model = load_run(run, weights=weights)
     vocab = Vocab(run / "vocab.model")
