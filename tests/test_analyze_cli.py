@@ -129,3 +129,66 @@ def test_gradflow_trains_an_admin_model_from_its_profiled_start(tmp_path):
     r = run("analyze", "gradflow", "--checkpoint", out, "--out", tmp_path / "g", "--schemes", "final", "--steps", 2)
     assert r.exit_code == 0, r.output
     assert "Admin: residual weights profiled" in r.output
+
+
+def test_curves_reads_runs_side_by_side_from_their_folders(mix_run, tmp_path):
+    def write(folder, records, files):
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        for name, obj in files.items():
+            (folder / name).write_text(json.dumps(obj))
+
+    # an archived run still training: equal best scores at 1,000 and 2,000, a kept milestone scored on test
+    write(tmp_path / "a" / "seed-1", [{"step": s, "dev_nll": 2.0, "dev_ppl": p, "dev_bleu": b}
+                                      for s, p, b in ((20, 9.0, 1.0), (1000, 7.25, 30.0), (1500, 7.0, 29.0),
+                                                      (2000, 6.5, 30.0))],
+          {"eval.test.beam4.milestones-step-0001000.json": {"bleu": 12.34}})
+    # a run whose criterion is the dev loss (no BLEU subset), finished and scored
+    write(tmp_path / "b" / "seed-1", [{"step": 1000, "dev_nll": 2.0, "dev_ppl": 8.5},
+                                      {"final": {"step": 1000, "stop": "step budget", "dev_score": -1.9,
+                                                 "dev_ppl": 6.69, "final_weights": "best"}}],
+          {"eval.test.beam4.json": {"bleu": 21.5, "chrf": 50.0, "bleu_2refs": 24.0}})
+    runs = [mix_run, tmp_path / "a" / "seed-1", tmp_path / "b" / "seed-1"]
+    r = run("analyze", "curves", *runs, "--every", 20, "--out", tmp_path / "out", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {row["what"]: row for row in json.loads(r.stdout)}
+    names = ["run", "a/seed-1", "b/seed-1"]  # the shortest suffixes that tell the folders apart
+    assert list(rows["best dev BLEU"])[1:] == names
+    assert [k for k in rows if k.startswith("step")] == ["step 20", "step 40", "step 1,000", "step 1,500",
+                                                         "step 2,000"]
+    mix = {rec["step"]: rec for rec in map(json.loads, (mix_run / "metrics.jsonl").read_text().splitlines())
+           if "dev_ppl" in rec}
+    assert rows["step 40"]["run"] == f"{mix[40]['dev_bleu']:.2f} ({mix[40]['dev_ppl']:.2f})"
+    assert rows["stopped"]["run"].startswith("step 40")
+    assert rows["step 1,000"]["a/seed-1"] == "30.00 (7.25)" and rows["step 1,500"]["b/seed-1"] == ""
+    assert rows["best dev BLEU"]["a/seed-1"] == "30.00 (step 1,000)"  # the earliest of equal scores
+    assert rows["stopped"]["a/seed-1"] == "training (last evaluation: step 2,000)"
+    assert rows["test BLEU, weights of step 1,000"] == {"what": "test BLEU, weights of step 1,000", "run": "",
+                                                        "a/seed-1": "12.34", "b/seed-1": ""}
+    assert rows["step 1,000"]["b/seed-1"] == "8.50 PPL" and rows["best dev BLEU"]["b/seed-1"] == ""
+    assert rows["final weights: dev BLEU (PPL)"]["b/seed-1"] == "6.69 PPL, best"  # not the score -1.9 as a BLEU
+    assert rows["test BLEU, final weights"]["b/seed-1"] == "21.50 (2 refs 24.00, chrF 50.00)"
+    out = tmp_path / "out"
+    assert (out / "curves.md").read_text().splitlines()[0] == "| | run | a/seed-1 | b/seed-1 |"
+    assert all((out / f).stat().st_size > 0 for f in ("dev_bleu_vs_step.png", "dev_ppl_vs_step.png", "curves.json"))
+    r = run("analyze", "curves", *runs, "--labels", "x,y,z", "--out", tmp_path / "out2")
+    assert r.exit_code == 0 and "30.00 (step 1,000)" in r.stdout
+    assert (tmp_path / "out2" / "curves.md").read_text().splitlines()[0] == "| | x | y | z |"
+
+
+def _bad_metrics(d):
+    d.mkdir()
+    (d / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n')
+    return [d]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (lambda d, run: [d], "has no metrics.jsonl"),
+    (lambda d, run: _bad_metrics(d), "line 2 is not JSON"),
+    (lambda d, run: [run, "--labels", "one,two,three"], "needs 1 distinct non-empty names"),
+    (lambda d, run: [run, "--every", "0"], "--every must be a positive"),
+    (lambda d, run: [run, run], "the same folder twice?"),
+])
+def test_curves_mistakes_are_one_clear_line(mix_run, tmp_path, args, fragment):
+    r = run("analyze", "curves", *args(tmp_path / "run", mix_run), "--out", tmp_path / "out")
+    assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, r.output

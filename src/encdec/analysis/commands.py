@@ -382,3 +382,61 @@ def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
         print(f"wrote {path}")
     else:
         print("metrics.jsonl holds no mix weights per evaluation (a run from before they were logged)")
+
+
+@analyze.command()
+def curves(runs: list[Path] = typer.Argument(..., help="Run folders written by `encdec train` (or their archived "
+                                                       "copies: metrics.jsonl and eval JSON are all it reads)."),
+           out: Path = typer.Option(Path("runs/analysis/curves"), help="Output folder: curves.md, curves.json "
+                                                                      "and the two plots."),
+           every: int = typer.Option(1000, help="The table's dev rows: the evaluations at multiples of this step."),
+           labels: str = typer.Option("", help="Comma-separated names of the runs, in order (default: the "
+                                               "shortest path suffix that tells the folders apart)."),
+           beam: int = typer.Option(4, help="Which test results to read: those of this beam size (eval.test.beam4*.json for 4)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of the table.")):
+    """Learning curves of several runs side by side: dev BLEU (dev PPL) along training, where each
+    run peaked and why it stopped, test BLEU of its milestones and final weights.
+
+    Reads only the run folders (metrics.jsonl; eval.test.beam4*.json as `encdec train` and
+    `encdec evaluate --weights milestones/step-…` write them), so it works on runs in flight and
+    on archived ones. Writes curves.md and curves.json (the same table), dev_bleu_vs_step.png and
+    dev_ppl_vs_step.png. Whether a difference is significant: `encdec compare A B`."""
+    from encdec.analysis import curves as cv
+    from encdec.analysis import plots
+
+    if every < 1:
+        fail(f"--every must be a positive number of steps, got {every}")
+    names = [n.strip() for n in labels.split(",")] if labels else cv.names(runs)
+    if not labels and len(set(names)) != len(names):
+        fail(f"two runs have one name ({', '.join(names)}): the same folder twice? Name them with --labels")
+    if len(names) != len(runs) or len(set(names)) != len(names) or not all(names):
+        fail(f"--labels needs {len(runs)} distinct non-empty names, one per run, got {labels!r}")
+    try:
+        found = [cv.read_curve(run, name, beam) for run, name in zip(runs, names)]
+    except ValueError as e:
+        fail(str(e))
+    rows = cv.table(found, every)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        t = Table(title=f"learning curves: dev BLEU (dev PPL) at steps that are multiples of {every:,}")
+        t.add_column("")
+        for n in names:
+            t.add_column(n, justify="right")
+        for r in rows:
+            t.add_row(r["what"], *(r[n] for n in names))
+        show(t)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curves.md").write_text(cv.markdown(rows, names))
+    (out / "curves.json").write_text(json.dumps({"runs": {n: str(r) for n, r in zip(names, runs)}, "rows": rows},
+                                                indent=2) + "\n")
+    written = [out / "curves.md", out / "curves.json"]
+    bleu = {c.name: {s: [b] for s, (b, _) in c.dev.items() if b is not None} for c in found}
+    if any(bleu.values()):
+        written.append(plots.study_curves({n: c for n, c in bleu.items() if c}, out, "dev BLEU along training",
+                                          ylabel="dev BLEU"))
+    ppl = {c.name: {s: [p] for s, (_, p) in c.dev.items()} for c in found if c.dev}
+    if ppl:
+        written.append(plots.study_curves(ppl, out, "dev perplexity along training", ylabel="dev perplexity (log)",
+                                          file="dev_ppl_vs_step.png", log_y=True))
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr if as_json else sys.stdout)

@@ -95,10 +95,13 @@ def _mean_band(ax, xs: list[int], per_x: list[list[float]], fmt: str, label: str
     return line, means
 
 
-def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str) -> Path:
-    """Dev BLEU against training step, one line per point: the mean over seeds, a band of ± one
-    std. Runs stopped by convergence end at different steps; past a seed's end the line follows
-    the seeds still training (the marker turns hollow where fewer than all of them are left)."""
+def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str, *,
+                 ylabel: str = "dev BLEU (subset, mean ± std over seeds)", file: str = "dev_bleu_vs_step.png",
+                 log_y: bool = False) -> Path:
+    """Dev BLEU (or what `ylabel` names) against training step, one line per point: the mean over
+    seeds, a band of ± one std. Runs stopped by convergence end at different steps; past a seed's
+    end the line follows the seeds still training (the marker turns hollow where fewer than all of
+    them are left)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, by_step in curve.items():
         steps = sorted(by_step)
@@ -109,11 +112,16 @@ def study_curves(curve: dict[str, dict[int, list[float]]], out: Path, title: str
             ax.plot(xs, [means[steps.index(k)] for k in xs], "o", ms=3, color=line.get_color(),
                     fillstyle="full" if full else "none")
     ax.set_xlabel("training step")
-    ax.set_ylabel("dev BLEU (subset, mean ± std over seeds)")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 6, 10, 20 rather than 6x10^0
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, out / "dev_bleu_vs_step.png")
+    return _save(fig, out / file)
 
 
 def budget_curves(curves: dict[str, dict], out: Path, title: str) -> Path:
