@@ -148,6 +148,8 @@ def test_curves_reads_runs_side_by_side_from_their_folders(mix_run, tmp_path):
                                       {"final": {"step": 1000, "stop": "step budget", "dev_score": -1.9,
                                                  "dev_ppl": 6.69, "final_weights": "best"}}],
           {"eval.test.beam4.json": {"bleu": 21.5, "chrf": 50.0, "bleu_2refs": 24.0}})
+    # b lies in a study folder whose --budget-curves scored its milestone of step 2,000 (and another run's)
+    (tmp_path / "budget_curves.json").write_text(json.dumps({"scores": {"b/seed-1|2000": 19.5, "a/seed-1|1000": 1.0}}))
     runs = [mix_run, tmp_path / "a" / "seed-1", tmp_path / "b" / "seed-1"]
     r = run("analyze", "curves", *runs, "--every", 20, "--out", tmp_path / "out", "--json")
     assert r.exit_code == 0, r.output
@@ -164,7 +166,8 @@ def test_curves_reads_runs_side_by_side_from_their_folders(mix_run, tmp_path):
     assert rows["best dev BLEU"]["a/seed-1"] == "30.00 (step 1,000)"  # the earliest of equal scores
     assert rows["stopped"]["a/seed-1"] == "training (last evaluation: step 2,000)"
     assert rows["test BLEU, weights of step 1,000"] == {"what": "test BLEU, weights of step 1,000", "run": "",
-                                                        "a/seed-1": "12.34", "b/seed-1": ""}
+                                                        "a/seed-1": "12.34", "b/seed-1": ""}  # its own file wins
+    assert rows["test BLEU, weights of step 2,000"]["b/seed-1"] == "19.50"
     assert rows["step 1,000"]["b/seed-1"] == "8.50 PPL" and rows["best dev BLEU"]["b/seed-1"] == ""
     assert rows["final weights: dev BLEU (PPL)"]["b/seed-1"] == "6.69 PPL, best"  # not the score -1.9 as a BLEU
     assert rows["test BLEU, final weights"]["b/seed-1"] == "21.50 (2 refs 24.00, chrF 50.00)"

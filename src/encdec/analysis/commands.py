@@ -398,8 +398,8 @@ def curves(runs: list[Path] = typer.Argument(..., help="Run folders written by `
     run peaked and why it stopped, test BLEU of its milestones and final weights.
 
     Reads only the run folders (metrics.jsonl; eval.test.beam4*.json as `encdec train` and
-    `encdec evaluate --weights milestones/step-…` write them), so it works on runs in flight and
-    on archived ones. Writes curves.md and curves.json (the same table), dev_bleu_vs_step.png and
+    `encdec evaluate --weights milestones/step-…` write them; for a study's run, the milestone
+    scores of the study's budget_curves.json), so it works on runs in flight and on archived ones. Writes curves.md and curves.json (the same table), dev_bleu_vs_step.png and
     dev_ppl_vs_step.png. Whether a difference is significant: `encdec compare A B`."""
     from encdec.analysis import curves as cv
     from encdec.analysis import plots

@@ -38,6 +38,13 @@ def read_curve(run: Path, name: str, beam: int) -> Curve:
     dev = {r["step"]: (r.get("dev_bleu"), r["dev_ppl"]) for r in records if "dev_ppl" in r and "step" in r}
     final = next((r["final"] for r in records if "final" in r), {})
     test = {}
+    # a study's run: its milestones were scored by `encdec study --budget-curves` (with the study's beam)
+    study_scores = run.parent.parent / "budget_curves.json"
+    if study_scores.is_file():
+        for key, bleu in json.loads(study_scores.read_text()).get("scores", {}).items():
+            folder, _, step = key.partition("|")
+            if folder == f"{run.parent.name}/{run.name}":
+                test[int(step)] = {"bleu": bleu}
     for f in run.glob(f"eval.test.beam{beam}.milestones-step-*.json"):
         test[int(f.name.split("step-")[1].split(".")[0])] = json.loads(f.read_text())
     end_file = result_path(run, "test", beam)
