@@ -392,14 +392,16 @@ def curves(runs: list[Path] = typer.Argument(..., help="Run folders written by `
            every: int = typer.Option(1000, help="The table's dev rows: the evaluations at multiples of this step."),
            labels: str = typer.Option("", help="Comma-separated names of the runs, in order (default: the "
                                                "shortest path suffix that tells the folders apart)."),
-           beam: int = typer.Option(4, help="Which test results to read: those of this beam size (eval.test.beam4*.json for 4)."),
+           beam: int = typer.Option(4, help="Which test results to read: those of this beam size "
+                                            "(eval.test.beam4*.json for 4)."),
            as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of the table.")):
     """Learning curves of several runs side by side: dev BLEU (dev PPL) along training, where each
     run peaked and why it stopped, test BLEU of its milestones and final weights.
 
     Reads only the run folders (metrics.jsonl; eval.test.beam4*.json as `encdec train` and
     `encdec evaluate --weights milestones/step-…` write them; for a study's run, the milestone
-    scores of the study's budget_curves.json), so it works on runs in flight and on archived ones. Writes curves.md and curves.json (the same table), dev_bleu_vs_step.png and
+    scores of the study's budget_curves.json), so it works on runs in flight and on archived ones.
+    Writes curves.md and curves.json (the same table), dev_bleu_vs_step.png and
     dev_ppl_vs_step.png. Whether a difference is significant: `encdec compare A B`."""
     from encdec.analysis import curves as cv
     from encdec.analysis import plots
