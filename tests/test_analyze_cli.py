@@ -179,15 +179,18 @@ def test_curves_reads_runs_side_by_side_from_their_folders(mix_run, tmp_path):
     assert (tmp_path / "out2" / "curves.md").read_text().splitlines()[0] == "| | x | y | z |"
 
 
-def _bad_metrics(d):
+def _bad_metrics(d, ok=False):
+    """A run folder whose metrics.jsonl, or with `ok` its test result, was cut off mid-line."""
     d.mkdir()
-    (d / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n')
+    (d / "metrics.jsonl").write_text('{"step": 1}\n' + ("" if ok else '{"step": \n'))
+    (d / "eval.test.beam4.json").write_text('{"bleu": ' if ok else "{}")
     return [d]
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (lambda d, run: [d], "has no metrics.jsonl"),
-    (lambda d, run: _bad_metrics(d), "line 2 is not JSON"),
+    (lambda d, run: _bad_metrics(d), "metrics.jsonl line 2 is not JSON"),
+    (lambda d, run: _bad_metrics(d, ok=True), "eval.test.beam4.json is not JSON"),
     (lambda d, run: [run, "--labels", "one,two,three"], "needs 1 distinct non-empty names"),
     (lambda d, run: [run, "--every", "0"], "--every must be a positive"),
     (lambda d, run: [run, run], "the same folder twice?"),
