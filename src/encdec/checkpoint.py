@@ -292,8 +292,17 @@ def trim_metrics(run: Path, step: int) -> int:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    """Every record of a run's training log, in the order written."""
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """Every record of a run's training log, in the order written; ValueError naming the file and
+    line where one is not JSON (a log cut off mid-line, or not a log)."""
+    path = run / "metrics.jsonl"
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {i} is not JSON ({e.msg})") from None
+    return records
 
 
 def append_metrics(run: Path, record: dict) -> None:

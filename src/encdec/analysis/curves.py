@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from encdec.checkpoint import read_metrics
 from encdec.evaluation import result_path
 
 
@@ -22,35 +23,33 @@ class Curve:
     end: dict | None  # the final weights' eval JSON, if scored
 
 
-def _json(text: str, where: str):
+def _json(path: Path):
     try:
-        return json.loads(text)
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not JSON ({e.msg})") from None
+        raise ValueError(f"{path} is not JSON ({e.msg})") from None
 
 
 def read_curve(run: Path, name: str, beam: int) -> Curve:
     """One run folder's curve. ValueError (naming the file) when its metrics.jsonl is missing or
     any file it reads is not JSON."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
+    if not (run / "metrics.jsonl").is_file():
         raise ValueError(f"{run} has no metrics.jsonl: not a run folder written by encdec train")
-    records = [_json(line, f"{path} line {i}") for i, line in enumerate(path.read_text().splitlines(), 1)
-               if line.strip()]
+    records = read_metrics(run)
     dev = {r["step"]: (r.get("dev_bleu"), r["dev_ppl"]) for r in records if "dev_ppl" in r and "step" in r}
     final = next((r["final"] for r in records if "final" in r), {})
     test = {}
     # a study's run: its milestones were scored by `encdec study --budget-curves` (with the study's beam)
     study_scores = run.parent.parent / "budget_curves.json"
     if study_scores.is_file():
-        for key, bleu in _json(study_scores.read_text(), str(study_scores)).get("scores", {}).items():
+        for key, bleu in _json(study_scores).get("scores", {}).items():
             folder, _, step = key.partition("|")
             if folder == f"{run.parent.name}/{run.name}":
                 test[int(step)] = {"bleu": bleu}
     for f in run.glob(f"eval.test.beam{beam}.milestones-step-*.json"):
-        test[int(f.name.split("step-")[1].split(".")[0])] = _json(f.read_text(), str(f))
+        test[int(f.name.split("step-")[1].split(".")[0])] = _json(f)
     end_file = result_path(run, "test", beam)
-    end = _json(end_file.read_text(), str(end_file)) if end_file.is_file() else None
+    end = _json(end_file) if end_file.is_file() else None
     return Curve(name=name, dev=dev, final=final, test=dict(sorted(test.items())), end=end)
 
 
