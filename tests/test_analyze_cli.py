@@ -42,6 +42,26 @@ def test_wiring_prints_the_learned_mix_table(mix_run, tmp_path):
     assert len(logged) == 2 and logged[0] != logged[1]  # every evaluation (steps 20, 40) logs the moving weights
 
 
+def test_wiring_shows_where_dense_attends(tmp_path):
+    """dense over the embeddings and Z: the cross-attention mass per decoder layer on each state."""
+    out = tmp_path / "dense"
+    r = run("train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", 20, "--out", out, "--no-evaluate",
+            "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=512", "--set", "train.warmup_steps=10",
+            "--set", "train.eval_every=20", "--set", "model.wiring=dense", "--set", "model.memory_states=[0,2]")
+    assert r.exit_code == 0, r.output
+    r = run("analyze", "wiring", "--checkpoint", out, "--sentences", 20, "--out", tmp_path / "w", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["states"] == [0, 2] and result["sentences"] == 20
+    mass = result["attention_mass"]  # decoder layer x state
+    assert len(mass) == 2 and all(len(row) == 2 and abs(sum(row) - 1) < 1e-3 for row in mass)
+    per_head = result["attention_mass_per_head"]
+    assert len(per_head) == 2 and all(len(layer) == 4 for layer in per_head)
+    assert json.loads((tmp_path / "w" / "wiring.json").read_text())["attention_mass"] == mass
+    r = run("analyze", "wiring", "--checkpoint", out, "--sentences", 20, "--out", tmp_path / "w")
+    assert "cross-attention mass" in r.stdout and "emb" in r.stdout and "enc2" in r.stdout
+
+
 @pytest.mark.slow
 def test_attention_heads_prune_write_their_files(mix_run, tmp_path):
     r = run("analyze", "attention", "--checkpoint", mix_run, "--out", tmp_path / "att", "--index", 3)

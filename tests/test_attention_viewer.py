@@ -14,9 +14,9 @@ from conftest import tiny
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _maps(wiring="final"):
+def _maps(wiring="final", **changes):
     torch.manual_seed(0)
-    model = Transformer(tiny(wiring=wiring, n_enc_layers=2, n_dec_layers=2)).eval()
+    model = Transformer(tiny(**{"wiring": wiring, "n_enc_layers": 2, "n_dec_layers": 2, **changes})).eval()
     return collect(model, lambda ids: [f"t{i}" for i in ids], [5, 6, 7, 8, 9], [10, 11, 12])
 
 
@@ -31,6 +31,10 @@ def test_collected_maps_are_distributions_over_the_right_tokens():
     assert maps.tgt_tokens == ["<s>", "t10", "t11", "t12"] and maps.out_tokens[-1] == "</s>"
     dense = _maps("dense")
     assert dense.weights["cross"].shape[-1] == 12 and dense.mem_tokens[6] == "2:t5"
+    # dense over the embeddings and Z of a 3-layer encoder: 2 blocks of keys, labelled by their state
+    emb_z = _maps("dense", n_enc_layers=3, memory_states=(0, 3))
+    assert emb_z.weights["cross"].shape[-1] == len(emb_z.mem_tokens) == 12
+    assert emb_z.mem_tokens[0] == "emb:t5" and emb_z.mem_tokens[6] == "3:t5"
 
 
 def test_grid_png_is_written(tmp_path):

@@ -74,18 +74,39 @@ def test_cross_attention_diagonal_and_sink_heads():
     assert s["eos"] == pytest.approx(1.0) and s["diagonal"] < 0.5 and role(s, "cross") == "eos-sink"
 
 
+def test_cross_attention_mass_is_split_by_the_state_each_key_belongs_to():
+    S, Tq = 5, 4  # dense over 2 states: keys 0..4 are state A's copy of the source, 5..9 state B's
+    w = torch.zeros(Tq, 2 * S)
+    w[0, 1] = 1.0  # all on state A
+    w[1, S + 2] = 1.0  # all on state B
+    w[2:, :S], w[2:, S:] = 0.25 / S, 0.75 / S  # spread: a quarter on A
+    q_mask = torch.tensor([[True, True, True, False]])  # the last query is padding
+    hs = HeadStats("cross")
+    none = torch.zeros(1, 2 * S, dtype=torch.bool)
+    hs.add([w[None, None]], q_mask, torch.ones(1, 2 * S, dtype=torch.bool), none, none, blocks=2)
+    mass = hs.means()["state_mass"][0, 0]
+    torch.testing.assert_close(mass, torch.tensor([1.25 / 3, 1.75 / 3]))
+
+
 def test_punctuation_pieces():
     assert punctuation_ids(["<pad>", "▁,", ".", "▁the", "”.", "▁"]).tolist() == [False, True, True, False, True, False]
 
 
-@pytest.mark.parametrize("wiring", ["final", "dense"])
-def test_measure_on_a_model_gives_a_row_per_head(wiring):
+@pytest.mark.parametrize("wiring, states", [("final", None), ("dense", None), ("dense", (0, 3)), ("dense", (3,))])
+def test_measure_on_a_model_gives_a_row_per_head(wiring, states):
+    """Also dense over fewer states than encoder layers (`dense@0+3`: Z and the embeddings), whose
+    keys are 2 blocks of the source, not 3."""
     torch.manual_seed(0)
-    model = Transformer(tiny(wiring=wiring)).eval()
+    model = Transformer(tiny(wiring=wiring, n_enc_layers=3, memory_states=states)).eval()
     g = torch.Generator().manual_seed(0)
     pairs = [(torch.randint(4, 50, (n,), generator=g).tolist(), torch.randint(4, 50, (n + 1,), generator=g).tolist())
              for n in (3, 5, 8)]
-    rows = table(measure(model, pairs, torch.zeros(50, dtype=torch.bool), Runtime.create("cpu", "fp32")))
-    assert len(rows) == 3 * 2 * 4
+    stats = measure(model, pairs, torch.zeros(50, dtype=torch.bool), Runtime.create("cpu", "fp32"))
+    rows = table(stats)
+    assert len(rows) == (3 + 2 + 2) * 4  # encoder, decoder, cross-attention layers x 4 heads
     for r in rows:
         assert 0 <= r["norm_entropy"] <= 1 + 1e-5 and 0 <= r["diagonal"] <= 1 and r["role"]
+    mass = stats["cross"].means()["state_mass"]  # (L_dec, H, K)
+    k = 1 if wiring == "final" else len(states or (1, 2, 3))
+    assert mass.shape == (2, 4, k)
+    torch.testing.assert_close(mass.sum(-1), torch.ones(2, 4))

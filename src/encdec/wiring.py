@@ -91,6 +91,11 @@ SCHEMES: dict[str, Scheme] = {
 assert tuple(SCHEMES) == WIRINGS, "config.Wiring and wiring.SCHEMES must name the same schemes"
 
 
+def state_name(j: int) -> str:
+    """How tables and labels name states[j]: "emb" for the embedding output, else "enc<j>"."""
+    return "emb" if j == 0 else f"enc{j}"
+
+
 def sources(cfg: ModelConfig, dec_layer: int) -> tuple[int, ...]:
     """Indices into states[0..N] that decoder layer `dec_layer` (0-based) depends on."""
     return SCHEMES[cfg.wiring].reads(cfg, dec_layer)

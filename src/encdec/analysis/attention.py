@@ -2,8 +2,8 @@
 
 The weights come from `model(..., return_attn=True)` (../shared/STYLE.md C7): encoder self-attention
 (L_enc, H, S, S), decoder self-attention (L_dec, H, T, T) and cross-attention (L_dec, H, T, S').
-For `dense` wiring the cross-attention keys are all encoder layers' states (S' = N*S); their
-labels carry the layer, e.g. "2:casa".
+For `dense` wiring the cross-attention keys are the states it reads, one block of S per state
+(S' = K*S); their labels carry the state, e.g. "2:casa", or "emb:casa" for the embeddings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor
 from encdec.data.batching import collate
 from encdec.decode import greedy
 from encdec.model import Transformer
+from encdec.wiring import memory_states
 
 KINDS = {"enc": "encoder self-attention", "dec": "decoder self-attention", "cross": "cross-attention"}
 
@@ -55,8 +56,8 @@ def collect(model: Transformer, pieces, src_ids: list[int], tgt_ids: list[int] |
         batch = collate([(src_ids, tgt_ids)]).to(device)
     out = model(batch.src, batch.src_mask, batch.tgt_in, return_attn=True)
     src_tokens = pieces(src_ids) + ["</s>"]
-    n_enc = model.cfg.n_enc_layers
-    mem = [f"{j + 1}:{t}" for j in range(n_enc) for t in src_tokens] if model.cfg.wiring == "dense" else src_tokens
+    mem = [f"{'emb' if j == 0 else j}:{t}" for j in memory_states(model.cfg) for t in src_tokens] \
+        if model.cfg.wiring == "dense" else src_tokens
     weights = {"enc": torch.stack([w[0] for w in out.enc_self_attn]).float().cpu(),
                "dec": torch.stack([w[0] for w in out.dec_self_attn]).float().cpu(),
                "cross": torch.stack([w[0] for w in out.cross_attn]).float().cpu()}

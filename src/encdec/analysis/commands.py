@@ -341,40 +341,59 @@ def latency(preset_name: str = typer.Option("small", "--preset", help="Base mode
 
 @analyze.command()
 def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
-           out: Path = typer.Option(Path("runs/analysis/wiring"), help="Output folder (mix: the plot)."),
-           as_json: bool = typer.Option(False, "--json")):
-    """What each decoder layer reads; the learned weights of `mix`.
+           out: Path = typer.Option(Path("runs/analysis/wiring"), help="Output folder (mix: the plot; dense: "
+                                                                       "wiring.json)."),
+           sentences: int = typer.Option(300, help="dense: dev sentences the attention mass is averaged over "
+                                                   "(0 = all)."),
+           device: str = DEVICE, as_json: bool = typer.Option(False, "--json")):
+    """What each decoder layer reads; the learned weights of `mix`; where `dense` attends.
 
     For mix: a table of decoder layer x encoder state (0 = the embedding output), and
-    mix_weights_vs_step.png, the weights at every evaluation of the run (metrics.jsonl)."""
+    mix_weights_vs_step.png, the weights at every evaluation of the run (metrics.jsonl).
+    For dense: the same table of the cross-attention mass each decoder layer puts on each state
+    it reads (mean over heads and the target positions of --sentences dev sentences, teacher-forced
+    on the references), and per head in wiring.json."""
+    from encdec.analysis import heads as head_roles
     from encdec.analysis import plots
-    from encdec.checkpoint import load_run, read_metrics
-    from encdec.wiring import memory_states, sources
+    from encdec.checkpoint import read_metrics
+    from encdec.wiring import memory_states, sources, state_name
 
-    try:
-        cfg, model = load_run(checkpoint, weights=weights)
-    except ValueError as e:
-        fail(str(e))
+    cfg, model, vocab, rt = _load(checkpoint, device, weights)
     m = cfg.model
     result = {"wiring": m.wiring, "reads": {f"dec{i + 1}": list(sources(m, i)) for i in range(m.n_dec_layers)}}
     if m.wiring == "mix":
         result["mix_weights"] = [[round(x, 4) for x in row] for row in model.wiring.mix_weights().tolist()]
+        rows, what = result["mix_weights"], "learned mix weights"
+    elif m.wiring == "dense":
+        pairs, _ = _split_pairs(cfg, vocab, "dev", sentences)
+        punct = head_roles.punctuation_ids(vocab.pieces(list(range(vocab.size))))
+        mass = head_roles.measure(model, pairs, punct, rt)["cross"].means()["state_mass"]  # (L, H, K)
+        result.update(states=list(memory_states(m)), sentences=len(pairs),
+                      attention_mass=[[round(x, 4) for x in row] for row in mass.mean(1).tolist()],
+                      attention_mass_per_head=[[[round(x, 4) for x in head] for head in layer]
+                                               for layer in mass.tolist()])
+        rows = result["attention_mass"]
+        what = f"cross-attention mass per state (mean over heads, {len(pairs)} dev sentences)"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "wiring.json").write_text(json.dumps(result, indent=2) + "\n")
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    if m.wiring != "mix":
+    if m.wiring not in ("mix", "dense"):
         for layer, src in result["reads"].items():
-            what = ", ".join("embeddings" if j == 0 else f"enc{j}" for j in src)
-            print(f"{layer} reads {what}" + (" (concatenated)" if m.wiring == "dense" else ""))
+            print(f"{layer} reads " + ", ".join("embeddings" if j == 0 else f"enc{j}" for j in src))
         return
-    t = Table(title=f"{_name(checkpoint, weights, full=True)}: learned mix weights "
+    t = Table(title=f"{_name(checkpoint, weights, full=True)}: {what} "
                     "(rows: decoder layer; columns: encoder state)")
     t.add_column("decoder layer")
     for j in memory_states(m):
-        t.add_column("emb" if j == 0 else f"enc{j}", justify="right")
-    for i, row in enumerate(result["mix_weights"]):
+        t.add_column(state_name(j), justify="right")
+    for i, row in enumerate(rows):
         t.add_row(f"dec{i + 1}", *(f"{x:.3f}" for x in row))
     show(t)
+    if m.wiring == "dense":
+        print(f"wrote {out / 'wiring.json'} (per head: attention_mass_per_head)")
+        return
     history = [(r["step"], r["mix_weights"]) for r in read_metrics(checkpoint) if "mix_weights" in r]
     if history:
         path = plots.mix_weights(history, memory_states(m), f"{checkpoint.name}: learned mix weights during training",

@@ -12,6 +12,8 @@ For every head of every layer of each attention kind (enc, dec, cross), over all
                source; for decoder self-attention, <s>, the only always-present key)
 - diagonal     cross-attention only: share of queries whose maximum lies within +-2 source
                positions of the proportional diagonal j = i * (S - 1) / (T - 1) (monotone alignment)
+- state_mass   cross-attention only, (L, H, K): the head's mean attention mass on each of the K
+               encoder states its memory holds (dense wiring: one block of keys per state; else K = 1)
 
 Roles (first that applies; thresholds are module constants):
   positional-prev/-same/-next   the share for that offset >= POSITIONAL (0.8)
@@ -49,7 +51,7 @@ class HeadStats:
             blocks: int = 1) -> None:
         """weights: per layer (B, H, Tq, Tk); q_mask (B, Tq), k_mask (B, Tk), k_punct/k_eos (B, Tk) bool.
 
-        blocks: the keys are `blocks` copies of one source (dense wiring: N encoder layers, Tk = N*S);
+        blocks: the keys are `blocks` copies of one source (dense wiring over K states, Tk = K*S);
         positions are compared within a block.
         """
         w = torch.stack(weights).float()  # (L, B, H, Tq, Tk)
@@ -79,8 +81,10 @@ class HeadStats:
             tgt_len = q_mask.sum(-1).float()  # (B,)
             slope = (src_len - 1) / (tgt_len - 1).clamp(min=1)  # (B,)
             diag = pos.float() * slope[None, :, None, None]  # (1, B, 1, Tq) expected source position
+            per_state = w.view(L, B, H, Tq, blocks, S).sum(-1)  # (L, B, H, Tq, K) mass on each state's keys
             stats.update({"diagonal": share(((top % S).float() - diag).abs() <= 2),
-                          "prev": zeros, "same": zeros, "next": zeros})
+                          "prev": zeros, "same": zeros, "next": zeros,
+                          "state_mass": (per_state * q[..., None]).sum(dim=(1, 3))})  # (L, H, K)
         else:
             stats.update({"prev": share(top == pos - 1), "same": share(top == pos), "next": share(top == pos + 1),
                           "diagonal": zeros})
@@ -139,9 +143,10 @@ def measure(model, pairs: list[tuple[list[int], list[int]]], punct: Tensor, rt: 
     """Teacher-forced attention over `pairs` (source ids, reference target ids) -> HeadStats per kind."""
     from encdec.data.batching import bucket, collate
     from encdec.data.vocab import BOS, EOS, PAD
+    from encdec.wiring import memory_length_factor
 
     model.eval()
-    blocks = model.cfg.n_enc_layers if model.cfg.wiring == "dense" else 1
+    blocks = memory_length_factor(model.cfg)
     stats = {kind: HeadStats(kind) for kind in ("enc", "dec", "cross")}
     punct = punct.to(rt.device)
     for idx in bucket([(len(s), len(t)) for s, t in pairs], max_tokens):

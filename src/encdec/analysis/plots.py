@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from encdec.metrics import seed_std  # noqa: E402
+from encdec.wiring import state_name  # noqa: E402
 
 ROLE_ABBR = {"positional-prev": "prev", "positional-same": "same", "positional-next": "next", "alignment": "align",
              "eos-sink": "eos", "punctuation": "punct", "broad": "broad", "mixed": "mixed"}
@@ -154,7 +155,7 @@ def mix_weights(history: list[tuple[int, list[list[float]]]], states: tuple[int,
     fig, axes = plt.subplots(1, n_dec, figsize=(3.2 * n_dec + 1, 3.2), squeeze=False, sharey=True)
     for i, ax in enumerate(axes[0]):
         for k, j in enumerate(states):
-            ax.plot(steps, [w[i][k] for _, w in history], "o-", ms=3, label="emb" if j == 0 else f"enc{j}")
+            ax.plot(steps, [w[i][k] for _, w in history], "o-", ms=3, label=state_name(j))
         ax.set_title(f"decoder layer {i + 1}", fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
