@@ -42,13 +42,20 @@ def test_wiring_prints_the_learned_mix_table(mix_run, tmp_path):
     assert len(logged) == 2 and logged[0] != logged[1]  # every evaluation (steps 20, 40) logs the moving weights
 
 
-def test_wiring_shows_where_dense_attends(tmp_path):
-    """dense over the embeddings and Z: the cross-attention mass per decoder layer on each state."""
-    out = tmp_path / "dense"
+@pytest.fixture(scope="module")
+def emb_z_run(tmp_path_factory):
+    """A tiny run of dense over the embeddings and Z (`dense@0+2`)."""
+    out = tmp_path_factory.mktemp("analyze") / "dense"
     r = run("train", "--data", "synthetic:reverse", "--preset", "tiny", "--steps", 20, "--out", out, "--no-evaluate",
             "--set", f"data.cache_dir={CACHE}", "--set", "train.max_tokens=512", "--set", "train.warmup_steps=10",
             "--set", "train.eval_every=20", "--set", "model.wiring=dense", "--set", "model.memory_states=[0,2]")
     assert r.exit_code == 0, r.output
+    return out
+
+
+def test_wiring_shows_where_dense_attends(emb_z_run, tmp_path):
+    """dense over the embeddings and Z: the cross-attention mass per decoder layer on each state."""
+    out = emb_z_run
     r = run("analyze", "wiring", "--checkpoint", out, "--sentences", 20, "--out", tmp_path / "w", "--json")
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
@@ -100,6 +107,18 @@ def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):
     assert [(r["axis"], r["value"]) for r in rows] == [("depth", "1"), ("depth", "2"), ("heads", "1"), ("heads", "4"),
                                                        ("width", "32"), ("wiring", "dense")]
     assert all(float(r["train_step_ms"]) > 0 for r in rows)
+
+
+def test_gradflow_of_a_run_that_chose_its_states(emb_z_run, tmp_path):
+    """A dense run over chosen states: dense and mix train from scratch over those states, the
+    other schemes (which refuse the field) over their own."""
+    r = run("analyze", "gradflow", "--checkpoint", emb_z_run, "--out", tmp_path / "g", "--schemes", "final,dense,mix",
+            "--steps", 2)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "g" / "gradflow_summary.csv").open()))
+    assert [r["scheme"] for r in rows] == ["final", "dense", "mix"]
+    # over the embeddings and Z, encoder layer 1 reaches the decoder only through Z
+    assert all(float(r["enc1"]) > 0 for r in rows)
 
 
 def test_gradflow_end_run_without_dropout_is_the_deterministic_model(tmp_path):

@@ -242,7 +242,9 @@ def gradflow(checkpoint: Path = CHECKPOINT,
     overlay, summary = {}, []
     for scheme in names:
         log(f"{scheme}: {steps} training steps from scratch ...")
-        scfg = replace(cfg, model=replace(cfg.model, wiring=scheme))
+        # the run's chosen states go with mix and dense only (the other schemes refuse the field)
+        states = cfg.model.memory_states if scheme in ("mix", "dense") else None
+        scfg = replace(cfg, model=replace(cfg.model, wiring=scheme, memory_states=states))
         seed_everything(cfg.train.seed)
         model = Transformer(scfg.model).to(rt.device)
         initialise(model, data, scfg, rt, log)
