@@ -5,8 +5,9 @@
 #   bash scripts/converged_queue.sh            # run the queue
 #   bash scripts/converged_queue.sh --print    # list what is left to train, run nothing
 # 1. the regularisation and schedule arms of section 0 (dropout 0.2, 0.3, the plateau schedule;
-#    seed 1, paired with `final` seed 1), and the ceiling: dropout 0.2 for the same 15,000 steps
-#    with the LR decayed linearly to zero (paired with the inverse-square-root dropout 0.2 run);
+#    seed 1, paired with `final` seed 1), the ceiling: dropout 0.2 for the same 15,000 steps
+#    with the LR decayed linearly to zero (paired with the inverse-square-root dropout 0.2 run),
+#    then dropout 0.4 (0.3, the sweep's top arm, won);
 # 2. the wiring study grows beside its 6 archived runs: layerwise, mix, dense@0+3, final+sf0.2;
 # 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 4. depth with pre-LN: 2, 6, 1-6, 6-1.
@@ -57,6 +58,9 @@ queue=$(
     done
     single converged-schedule/final-plateau-seed1 $R --set train.schedule=plateau --set train.seed=1
     single converged-ceiling/final-dropout-0.2-linear15k --steps 15000 --set model.dropout=0.2 \
+        --set train.average_last=5 --set train.dev_bleu_sentences=1534
+    # the sweep's top arm (0.3) won: 0.4 brackets it
+    single converged-dropout/final-dropout-0.4 --until-converged --set model.dropout=0.4 \
         --set train.average_last=5 --set train.dev_bleu_sentences=1534
     # shellcheck disable=SC2086  # $R holds several arguments
     encdec study wiring --values final,dense,layerwise,mix,dense@0+3,final+sf0.2 --seeds 3 $R \

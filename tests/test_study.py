@@ -333,7 +333,8 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     archived |= {f"converged-heads/heads=4/seed-{k}" for k in (1, 2, 3)
                  if f"converged-wiring/wiring=final/seed-{k}" in archived}
     standalone = [run for run in ("converged-dropout/final-dropout-0.3",
-                                  "converged-ceiling/final-dropout-0.2-linear15k")
+                                  "converged-ceiling/final-dropout-0.2-linear15k",
+                                  "converged-dropout/final-dropout-0.4")
                   if not (repo / "docs/runs" / run / "eval.test.beam4.json").exists()]
     assert {f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense") for k in (1, 2, 3)} <= archived
     assert sorted(names) == sorted(standalone + [n for n in planned if n not in archived])
