@@ -100,6 +100,8 @@ def test_gradflow_and_latency_write_their_files(mix_run, tmp_path):
     rows = list(csv.DictReader((tmp_path / "g" / "gradflow_summary.csv").open()))
     assert [r["scheme"] for r in rows] == ["final", "layerwise", "mix"]
     assert all(float(r["enc1"]) > 0 for r in rows)
+    (ratio,) = csv.DictReader((tmp_path / "g" / "attention_over_residual.csv").open())  # one per --end-run
+    assert ratio["scheme"] == "mix" and float(ratio["enc1"]) > 0 and float(ratio["enc2"]) > 0
     r = run("analyze", "latency", "--preset", "tiny", "--out", tmp_path / "lat", "--depths", "1,2", "--heads", "1,4",
             "--widths", "32", "--wirings", "dense", "--repeats", 1)
     assert r.exit_code == 0, r.output

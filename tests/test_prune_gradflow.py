@@ -103,3 +103,28 @@ def test_training_norms_undo_clipping():
     direct = _grads_by_autograd(fresh, collate(pairs), list(fresh.encoder[0].parameters()), 0.1)
     assert records[0]["enc1"] == pytest.approx(direct, rel=1e-4)  # raw gradient, though clipped to 1e-3
     assert records[0]["grad_norm"] > 1e-2
+
+
+def test_attention_over_residual_is_measured_on_real_tokens_and_follows_the_weights():
+    """frozen_norms' enc{i}.attn/residual: mean |self-attention output| / mean |layer input| over
+    real source tokens, per batch; scaling layer 2's output projection by 10 scales only its ratio."""
+    torch.manual_seed(0)
+    model = Transformer(tiny(n_enc_layers=2)).eval()
+    pairs = _pairs()
+    data = SimpleNamespace(train=pairs, train_batches=[list(range(len(pairs)))])
+    cfg = RunConfig(model=model.cfg, data=DataConfig(vocab_size=50), train=TrainConfig(max_steps=1))
+    got = G.frozen_norms(model, data, cfg, RT, 1, dropout=False)
+    batch = collate(pairs)
+    real = batch.src_mask  # (B, S): the padded positions must not count
+    with torch.no_grad():
+        x = model._embed(batch.src)
+        a, _ = model.encoder[0].self_attn(x, batch.src_mask[:, None, None, :], causal=False, need_weights=False)
+    direct = float(a.norm(dim=-1)[real].mean() / x.norm(dim=-1)[real].mean())
+    assert got["enc1.attn/residual"] == pytest.approx(direct, rel=1e-4)
+    with torch.no_grad():
+        model.encoder[1].self_attn.out.weight.mul_(10)
+        model.encoder[1].self_attn.out.bias.mul_(10)
+    scaled = G.frozen_norms(model, data, cfg, RT, 1, dropout=False)
+    assert scaled["enc1.attn/residual"] == pytest.approx(got["enc1.attn/residual"], rel=1e-6)
+    assert scaled["enc2.attn/residual"] == pytest.approx(10 * got["enc2.attn/residual"], rel=1e-4)
+    assert not model.encoder[0]._forward_pre_hooks  # the hooks are gone afterwards

@@ -218,8 +218,11 @@ def gradflow(checkpoint: Path = CHECKPOINT,
     """Gradient norms per layer and sublayer, per wiring scheme.
 
     Trains each scheme from the same seed for --steps steps with the --checkpoint run's config and
-    data, recording pre-clip gradient norms; --end-run folders add the norms of trained models.
-    Writes `gradflow_<scheme>.csv/.png`, gradflow_overlay.png, gradflow_end.png, gradflow_summary.csv."""
+    data, recording pre-clip gradient norms; --end-run folders add the norms of trained models and,
+    per encoder layer, its self-attention output's norm over the residual stream's (post-LN: far
+    above 1, the layer's LayerNorm all but erases its input and the gradient to the layers below).
+    Writes `gradflow_<scheme>.csv/.png`, gradflow_overlay.png, gradflow_end.png, gradflow_summary.csv,
+    attention_over_residual.csv."""
     from dataclasses import replace
 
     from encdec.analysis import plots
@@ -257,7 +260,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
     if overlay:
         plots.gradflow_overlay(overlay, layers, f"mean gradient norm per layer over the first {steps} steps",
                                out / "gradflow_overlay.png")
-    end = {}
+    end, ratios = {}, []
     for run in end_runs:
         try:
             rcfg, rmodel = load_run(run)
@@ -273,12 +276,18 @@ def gradflow(checkpoint: Path = CHECKPOINT,
         end[f"{name} ({rcfg.model.wiring})"] = grads
         phase = f"end of {name}" + ("" if end_dropout else ", no dropout")
         summary.append({"scheme": rcfg.model.wiring, "phase": phase, **{k: grads[k] for k in layers}})
+        ratios.append({"scheme": rcfg.model.wiring, "phase": phase,
+                       **{f"enc{i}": grads[f"enc{i}.attn/residual"] for i in range(1, n_enc + 1)}})
     if end:
         plots.gradflow_overlay(end, layers, "mean gradient norm per layer at the end of training"
                                + ("" if end_dropout else " (dropout off)"),
                                out / "gradflow_end.png")
     plots.write_csv(summary, out / "gradflow_summary.csv")
     show(_table("mean gradient L2 norm per layer", summary, ["scheme", "phase", *layers], "{:.4f}"))
+    if ratios:
+        plots.write_csv(ratios, out / "attention_over_residual.csv")
+        show(_table("encoder self-attention output norm / residual stream norm (--end-run models)", ratios,
+                    ["scheme", "phase", *(f"enc{i}" for i in range(1, n_enc + 1))], "{:.2f}"))
     log(f"wrote {out}/gradflow_*.csv and .png")
 
 

@@ -68,22 +68,52 @@ def training_norms(model, data, cfg, rt: Runtime, steps: int, *, log=None) -> li
     return records
 
 
+def _attention_over_residual(model) -> tuple[dict[str, list[float]], list]:
+    """Hooks that collect, per encoder layer, the mean L2 norm over real source tokens of its
+    self-attention output and of the residual stream it reads (the layer's input):
+    sums["enc{i}"] = [attention norm sum, residual norm sum]. Remove the returned handles after use."""
+    sums: dict[str, list[float]] = {}
+    handles = []
+    for i, layer in enumerate(model.encoder, start=1):
+        key, seen = f"enc{i}", {}
+
+        def pre(module, args, key=key, seen=seen):
+            x, mask = args[0], args[1][:, 0, 0, :]  # (B, S, D); the key mask (B, 1, 1, S) -> (B, S), True = real
+            seen["mask"] = mask
+            sums.setdefault(key, [0.0, 0.0])[1] += float(x.detach().float().norm(dim=-1)[mask].mean())
+
+        def post(module, args, output, key=key, seen=seen):
+            a = output[0]  # (B, S, D) the self-attention sublayer's output, before dropout
+            sums[key][0] += float(a.detach().float().norm(dim=-1)[seen["mask"]].mean())
+
+        handles += [layer.register_forward_pre_hook(pre), layer.self_attn.register_forward_hook(post)]
+    return sums, handles
+
+
 def frozen_norms(model, data, cfg, rt: Runtime, batches: int, *, dropout: bool = True) -> dict[str, float]:
-    """Mean gradient norms of a trained model over `batches` training batches, without updating it.
+    """Mean gradient norms of a trained model over `batches` training batches, without updating it,
+    and per encoder layer "enc{i}.attn/residual": the norm of its self-attention output over the norm
+    of the residual stream it adds to. Under post-LN a ratio far above 1 means the layer's LayerNorm
+    all but erases its input, and with it the gradient to the layers below.
 
     With `dropout` (the default) the model runs as in training; without, in eval mode, so that the
     gradients are of the deterministic model and runs trained at different dropout rates compare."""
     model.train(dropout)
     order = epoch_order(len(data.train_batches), seed=cfg.train.seed, epoch=0)
     total: dict[str, float] = {}
-    for j in range(batches):
-        batch = collate([data.train[i] for i in data.train_batches[order[j % len(order)]]]).to(rt.device)
-        model.zero_grad(set_to_none=True)
-        with rt.autocast():
-            logits = model(batch.src, batch.src_mask, batch.tgt_in).logits
-        loss, _, n = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=cfg.train.label_smoothing)
-        (loss / n).backward()
-        for name, v in norms(model).items():
-            total[name] = total.get(name, 0.0) + v / batches
+    ratio_sums, handles = _attention_over_residual(model)
+    try:
+        for j in range(batches):
+            batch = collate([data.train[i] for i in data.train_batches[order[j % len(order)]]]).to(rt.device)
+            model.zero_grad(set_to_none=True)
+            with rt.autocast():
+                logits = model(batch.src, batch.src_mask, batch.tgt_in).logits
+            loss, _, n = sequence_loss(logits, batch.tgt_out, pad_id=PAD, smoothing=cfg.train.label_smoothing)
+            (loss / n).backward()
+            for name, v in norms(model).items():
+                total[name] = total.get(name, 0.0) + v / batches
+    finally:
+        for h in handles:
+            h.remove()
     model.zero_grad(set_to_none=True)
-    return total
+    return total | {f"{key}.attn/residual": attn / resid for key, (attn, resid) in ratio_sums.items()}
