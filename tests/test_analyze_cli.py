@@ -123,6 +123,35 @@ def test_gradflow_of_a_run_that_chose_its_states(emb_z_run, tmp_path):
     assert all(float(r["enc1"]) > 0 for r in rows)
 
 
+def test_gradflow_end_run_may_name_a_weights_file_of_a_run(mix_run, tmp_path):
+    """--end-run RUN/milestones/FILE measures those weights: here a copy of the final weights with
+    encoder layer 2's self-attention output scaled by 10, which scales its attention/residual ratio."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "run"
+    shutil.copytree(mix_run, folder)
+    tensors = load_file(folder / "model.safetensors")
+    for key in ("encoder.1.self_attn.out.weight", "encoder.1.self_attn.out.bias"):
+        tensors[key] = tensors[key] * 10
+    (folder / "milestones").mkdir(exist_ok=True)
+    save_file(tensors, folder / "milestones" / "scaled.safetensors")
+    r = run("analyze", "gradflow", "--checkpoint", folder, "--out", tmp_path / "g", "--schemes", "",
+            "--end-run", folder, "--end-run", folder / "milestones" / "scaled.safetensors", "--batches", 1,
+            "--no-end-dropout")
+    assert r.exit_code == 0, r.output
+    plain, scaled = csv.DictReader((tmp_path / "g" / "attention_over_residual.csv").open())
+    assert scaled["phase"] == "end of run [milestones/scaled.safetensors], no dropout"
+    assert float(scaled["enc1"]) == pytest.approx(float(plain["enc1"]), rel=1e-5)
+    assert float(scaled["enc2"]) == pytest.approx(10 * float(plain["enc2"]), rel=1e-3)
+    r = run("analyze", "gradflow", "--checkpoint", folder, "--schemes", "", "--end-run", tmp_path / "stray.txt")
+    assert r.exit_code == 2 and "not an encdec run folder" in r.output  # a path that is no file: a run folder
+    (tmp_path / "stray.txt").write_text("x")
+    r = run("analyze", "gradflow", "--checkpoint", folder, "--schemes", "", "--end-run", tmp_path / "stray.txt")
+    assert r.exit_code == 2 and "in no encdec run folder" in r.output and "Traceback" not in r.output
+
+
 def test_gradflow_end_run_without_dropout_is_the_deterministic_model(tmp_path):
     """--no-end-dropout measures a trained model in eval mode: two measurements agree exactly,
     while with the run's dropout (0.3 here) on, as in training, they do not."""

@@ -46,6 +46,19 @@ def _name(checkpoint: Path, weights: str, *, full: bool = False) -> str:
     return name if weights == FINAL_WEIGHTS else f"{name} [{weights}]"
 
 
+def _run_and_weights(path: Path) -> tuple[Path, str]:
+    """A run folder -> (it, its final weights); a weights file -> (the run folder above it that holds
+    a config.json, the file's path inside it), e.g. RUN/milestones/step-0001000.safetensors."""
+    from encdec.checkpoint import FINAL_WEIGHTS
+
+    if not path.is_file():
+        return path, FINAL_WEIGHTS
+    run = next((p for p in path.resolve().parents if (p / "config.json").exists()), None)
+    if run is None:
+        fail(f"{path} is a file in no encdec run folder (no config.json above it)")
+    return run, str(path.resolve().relative_to(run))
+
+
 def _split_pairs(cfg, vocab, split: str, n: int, seed: int = 0) -> tuple[list, list]:
     """Encoded (src, tgt) pairs of a fixed random subset of `split` (n <= 0: all) and the raw pairs."""
     from encdec.data import load_corpus
@@ -208,7 +221,9 @@ def gradflow(checkpoint: Path = CHECKPOINT,
              schemes: str = typer.Option(",".join(WIRINGS), help="Wiring schemes to train from scratch."),
              steps: int = typer.Option(200, help="Training steps per scheme, from the same initial seed."),
              end_runs: list[Path] = typer.Option([], "--end-run", help="Trained run folders whose gradients at the "
-                                                                       "end of training to measure (repeatable)."),
+                                                                       "end of training to measure (repeatable), or a "
+                                                                       "weights file inside one (RUN/milestones/"
+                                                                       "step-0001000.safetensors: along training)."),
              batches: int = typer.Option(20, help="Training batches averaged for each --end-run."),
              end_dropout: bool = typer.Option(True, help="Measure --end-run gradients with the run's dropout on, "
                                                           "as in training; --no-end-dropout measures the "
@@ -227,7 +242,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
 
     from encdec.analysis import plots
     from encdec.analysis.gradflow import frozen_norms, training_norms
-    from encdec.checkpoint import load_run
+    from encdec.checkpoint import FINAL_WEIGHTS, load_run
     from encdec.data.prepare import prepare_data
     from encdec.model import Transformer
     from encdec.runtime import seed_everything
@@ -262,8 +277,9 @@ def gradflow(checkpoint: Path = CHECKPOINT,
                                out / "gradflow_overlay.png")
     end, ratios = {}, []
     for run in end_runs:
+        run, weights = _run_and_weights(run)
         try:
-            rcfg, rmodel = load_run(run)
+            rcfg, rmodel = load_run(run, weights=weights)
         except ValueError as e:
             fail(str(e))
         if (rcfg.model.n_enc_layers, rcfg.model.n_dec_layers) != (n_enc, n_dec):
@@ -272,6 +288,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
         log(f"{run}: gradients of the trained model over {batches} batches ...")
         # a study's run folder is seed-K: name it with its point (wiring=mix/seed-1)
         name = f"{run.parent.name}/{run.name}" if run.name.startswith("seed-") else run.name
+        name = name if weights == FINAL_WEIGHTS else f"{name} [{weights}]"
         grads = frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches, dropout=end_dropout)
         end[f"{name} ({rcfg.model.wiring})"] = grads
         phase = f"end of {name}" + ("" if end_dropout else ", no dropout")
