@@ -143,6 +143,7 @@ def test_gradflow_end_run_may_name_a_weights_file_of_a_run(mix_run, tmp_path):
     assert r.exit_code == 0, r.output
     plain, scaled = csv.DictReader((tmp_path / "g" / "attention_over_residual.csv").open())
     assert scaled["phase"] == "end of run [milestones/scaled.safetensors], no dropout"
+    assert "run [milestones/scaled.safetensors]" in r.stdout  # the printed table keeps the brackets (no markup)
     assert float(scaled["enc1"]) == pytest.approx(float(plain["enc1"]), rel=1e-5)
     assert float(scaled["enc2"]) == pytest.approx(10 * float(plain["enc2"]), rel=1e-3)
     r = run("analyze", "gradflow", "--checkpoint", folder, "--schemes", "", "--end-run", tmp_path / "stray.txt")

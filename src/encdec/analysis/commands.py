@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -74,11 +75,12 @@ def _split_pairs(cfg, vocab, split: str, n: int, seed: int = 0) -> tuple[list, l
 
 
 def _table(title: str, rows: list[dict], cols: list[str], fmt: str = "{:.3f}") -> Table:
-    t = Table(title=title)
+    """Cells are text, not rich markup: a weights name such as "[best.safetensors]" stays."""
+    t = Table(title=escape(title))
     for c in cols:
         t.add_column(c, justify="right")
     for r in rows:
-        t.add_row(*(fmt.format(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
+        t.add_row(*(fmt.format(r.get(c)) if isinstance(r.get(c), float) else escape(str(r.get(c, ""))) for c in cols))
     return t
 
 
@@ -411,8 +413,8 @@ def wiring(checkpoint: Path = CHECKPOINT, weights: str = WEIGHTS,
         for layer, src in result["reads"].items():
             print(f"{layer} reads " + ", ".join("embeddings" if j == 0 else f"enc{j}" for j in src))
         return
-    t = Table(title=f"{_name(checkpoint, weights, full=True)}: {what} "
-                    "(rows: decoder layer; columns: encoder state)")
+    t = Table(title=escape(f"{_name(checkpoint, weights, full=True)}: {what} "
+                           "(rows: decoder layer; columns: encoder state)"))
     t.add_column("decoder layer")
     for j in memory_states(m):
         t.add_column(state_name(j), justify="right")
