@@ -244,7 +244,7 @@ def gradflow(checkpoint: Path = CHECKPOINT,
 
     from encdec.analysis import plots
     from encdec.analysis.gradflow import frozen_norms, training_norms
-    from encdec.checkpoint import FINAL_WEIGHTS, load_run
+    from encdec.checkpoint import load_run
     from encdec.data.prepare import prepare_data
     from encdec.model import Transformer
     from encdec.runtime import seed_everything
@@ -289,8 +289,8 @@ def gradflow(checkpoint: Path = CHECKPOINT,
                  f"--checkpoint has {n_enc}+{n_dec}")
         log(f"{run}: gradients of the trained model over {batches} batches ...")
         # a study's run folder is seed-K: name it with its point (wiring=mix/seed-1)
-        name = f"{run.parent.name}/{run.name}" if run.name.startswith("seed-") else run.name
-        name = name if weights == FINAL_WEIGHTS else f"{name} [{weights}]"
+        name = _name(Path(f"{run.parent.name}/{run.name}" if run.name.startswith("seed-") else run.name), weights,
+                     full=True)
         grads = frozen_norms(rmodel.to(rt.device), data, rcfg, rt, batches, dropout=end_dropout)
         end[f"{name} ({rcfg.model.wiring})"] = grads
         phase = f"end of {name}" + ("" if end_dropout else ", no dropout")
