@@ -12,8 +12,9 @@
 # 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 4. depth with pre-LN: 2, 6, 1-6, 6-1.
 # The studies' runs go seed by seed: every point's seed 1 (in the order above) before any seed 2,
-# so that each claim gets its first converged reading as early as the machine allows; the
-# standalone arms (1.) alternate with them, so that they do not hold both cores for hours.
+# so that each claim gets its first converged reading as early as the machine allows; seed 1 of
+# every point trains first, on both cores, and the standalone arms (1., which refine a ceiling
+# already measured) then alternate with the later seeds, so that they never hold both cores.
 # A run another process is training fails at once with "being trained by another process" and
 # the queue goes on; a finished run (its eval.test.beam4.json exists, in RUNS or docs/runs) is left out. Stop it with
 # `pkill -TERM -f "encdec train --out $RUNS"`: each run saves a checkpoint; rerun to resume.
@@ -72,13 +73,13 @@ queue=$(
     encdec study depth --values 2,6,1-6,6-1 --reference depth=6 --set model.norm=pre --seeds 2 $R \
         --out "$RUNS/converged-depth" --print-commands
 )
-# the studies' runs seed by seed (a stable sort on the seed of the run folder), and the standalone
-# arms interleaved with them: standalone, study, standalone, study... so that with P=2 one core
-# trains the recipe arms while the other gives the studies their first readings
+# the studies' runs seed by seed (a stable sort on the seed of the run folder): every seed 1 first,
+# then the standalone arms interleaved with the later seeds: standalone, study, standalone, study...
+# so that with P=2 one core trains the recipe arms while the other goes on with the studies
 queue=$(printf '%s\n' "$queue" |
     awk 'NF { s = 0; if (match($0, /\/seed-[0-9]+/)) s = substr($0, RSTART + 6, RLENGTH - 6); print s "\t" $0 }' |
     sort -s -n -k1,1 |
-    awk -F'\t' '$1 == 0 { a[++n] = $2; next } { b[++m] = $2 }
+    awk -F'\t' '$1 == 1 { print $2; next } $1 == 0 { a[++n] = $2; next } { b[++m] = $2 }
                 END { for (i = 1; i <= n || i <= m; i++) { if (i <= n) print a[i]; if (i <= m) print b[i] } }')
 if [[ $PRINT == 1 ]]; then
     printf '%s\n' "$queue"

@@ -339,9 +339,11 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     assert {f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense") for k in (1, 2, 3)} <= archived
     assert sorted(names) == sorted(standalone + [n for n in planned if n not in archived])
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
-    # the studies seed by seed (every point's first seed before a second), the standalone arms alternating
-    # with them from the start: with two runs at a time, one core trains the arms and the other the studies
-    assert [names.index(run) for run in standalone] == list(range(0, 2 * len(standalone), 2))
+    # the studies seed by seed (every point's first seed before a second, on both cores), then the standalone
+    # arms alternating with the later seeds: with two runs at a time, one core trains the arms, the other the studies
+    first = sum(n.endswith("seed-1") for n in names)
+    assert names[:first] == [n for n in names if n.endswith("seed-1")]
+    assert [names.index(run) for run in standalone] == list(range(first, first + 2 * len(standalone), 2))
     seeds = [int(n.rsplit("seed-", 1)[1]) for n in names if n not in standalone]
     assert seeds == sorted(seeds)
     assert [n.split("/")[0] for n in names if n.endswith("seed-1")] == sorted(
