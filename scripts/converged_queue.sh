@@ -11,10 +11,10 @@
 # 2. the wiring study grows beside its 6 archived runs: layerwise, mix, dense@0+3, final+sf0.2;
 # 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 4. depth with pre-LN: 2, 6, 1-6, 6-1.
-# The studies' runs go seed by seed: every point's seed 1 (in the order above) before any seed 2,
-# so that each claim gets its first converged reading as early as the machine allows; seed 1 of
-# every point trains first, on both cores, and the standalone arms (1., which refine a ceiling
-# already measured) then alternate with the later seeds, so that they never hold both cores.
+# The studies' runs go seed by seed: every point's seed 1 (in the order above, on both cores)
+# before any seed 2, so that each claim gets its first converged reading as early as the machine
+# allows; the standalone arms (1., which refine a ceiling already measured) then alternate with
+# the later seeds, so that they never hold both cores.
 # A run another process is training fails at once with "being trained by another process" and
 # the queue goes on; a finished run (its eval.test.beam4.json exists, in RUNS or docs/runs) is left out. Stop it with
 # `pkill -TERM -f "encdec train --out $RUNS"`: each run saves a checkpoint; rerun to resume.
