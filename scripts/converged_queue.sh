@@ -1,33 +1,39 @@
 #!/usr/bin/env bash
 # Train the lab's missing converged runs (docs/findings.md section 8) in the order their answers
-# matter, P at a time (default 2: one thread each on two cores), resuming whatever a stopped
-# machine or session left in RUNS (default ~/encdec-runs):
+# matter, P at a time (default 1, on all the cores), resuming whatever a stopped machine or session
+# left in RUNS (default ~/encdec-runs):
 #   bash scripts/converged_queue.sh            # run the queue
+#   bash scripts/converged_queue.sh 2          # two runs at a time, each on its share of the cores
 #   bash scripts/converged_queue.sh --print    # list what is left to train, run nothing
+# One run on both cores (4,100 tok/s) trains about as fast as two on one core each (2 x 2,160) on
+# the 2-core AMD EPYC (findings section 8), but finishes in half the hours: a converged run takes
+# ~2 hours that way, within one session, while two side by side take ~4 each and are lost with
+# their checkpoints when the next session comes on a new machine (as on 2026-12-07 evening).
 # 1. the regularisation and schedule arms of section 0 (dropout 0.2, 0.3, the plateau schedule;
 #    seed 1, paired with `final` seed 1), the ceiling: dropout 0.2 for the same 15,000 steps
 #    with the LR decayed linearly to zero (paired with the inverse-square-root dropout 0.2 run),
 #    then dropout 0.4 (0.3, the sweep's top arm, won);
-# 2. the wiring study grows beside its 6 archived runs: layerwise, mix, dense@0+3, final+sf0.2;
-# 3. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
-# 4. depth with pre-LN: 2, 6, 1-6, 6-1.
-# The studies' runs go seed by seed: every point's seed 1 (in the order above, on both cores)
-# before any seed 2, so that each claim gets its first converged reading as early as the machine
-# allows; the standalone arms (1., which refine a ceiling already measured) then alternate with
-# the later seeds, so that they never hold both cores.
+# 2. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
+# 3. depth with pre-LN: 2, 6, 1-6, 6-1;
+# 4. the wiring study grows beside its archived runs: layerwise, mix, dense@0+3, final+sf0.2.
+# Heads and depth go before the rest of wiring: wiring's main question (final vs dense) has its
+# three converged seeds, heads and depth have none. The studies' runs go seed by seed: every
+# point's seed 1 (in the order above) before any seed 2, so that each claim gets its first
+# converged reading as early as the machine allows; the standalone arms (1., which refine a ceiling
+# already measured) then alternate with the later seeds, so that with P=2 they never hold both cores.
 # A run another process is training fails at once with "being trained by another process" and
 # the queue goes on; a finished run (its eval.test.beam4.json exists, in RUNS or docs/runs) is left out. Stop it with
 # `pkill -TERM -f "encdec train --out $RUNS"`: each run saves a checkpoint; rerun to resume.
 # Archive each finished run's small results with scripts/archive_study.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=2
+P=1
 PRINT=0
 for arg in "$@"; do
     case $arg in
         --print) PRINT=1 ;;
         [1-9]|[1-9][0-9]) P=$arg ;;
-        *) echo "usage: $0 [P] [--print]   (P: runs at a time, default 2)" >&2; exit 2 ;;
+        *) echo "usage: $0 [P] [--print]   (P: runs at a time, default 1)" >&2; exit 2 ;;
     esac
 done
 [[ -x .venv/bin/encdec ]] && export PATH="$PWD/.venv/bin:$PATH"
@@ -64,14 +70,14 @@ queue=$(
     single converged-dropout/final-dropout-0.4 --until-converged --set model.dropout=0.4 \
         --set train.average_last=5 --set train.dev_bleu_sentences=1534
     # shellcheck disable=SC2086  # $R holds several arguments
-    encdec study wiring --values final,dense,layerwise,mix,dense@0+3,final+sf0.2 --seeds 3 $R \
-        --out "$RUNS/converged-wiring" --print-commands
-    # shellcheck disable=SC2086
     encdec study heads --values 1,4,8 --reference heads=8 --seeds 3 $R \
         --out "$RUNS/converged-heads" --print-commands
     # shellcheck disable=SC2086
     encdec study depth --values 2,6,1-6,6-1 --reference depth=6 --set model.norm=pre --seeds 2 $R \
         --out "$RUNS/converged-depth" --print-commands
+    # shellcheck disable=SC2086
+    encdec study wiring --values final,dense,layerwise,mix,dense@0+3,final+sf0.2 --seeds 3 $R \
+        --out "$RUNS/converged-wiring" --print-commands
 )
 # the studies' runs seed by seed (a stable sort on the seed of the run folder): every seed 1 first,
 # then the standalone arms interleaved with the later seeds: standalone, study, standalone, study...
@@ -85,4 +91,6 @@ if [[ $PRINT == 1 ]]; then
     printf '%s\n' "$queue"
     exit 0
 fi
-printf '%s\n' "$queue" | OMP_NUM_THREADS=1 bash benchmarks/parallel_runs.sh "$P"
+# each run its share of the cores
+threads=$(( $(nproc) / P ))
+printf '%s\n' "$queue" | OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 )) bash benchmarks/parallel_runs.sh "$P"

@@ -339,16 +339,17 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
     assert {f"converged-wiring/wiring={v}/seed-{k}" for v in ("final", "dense") for k in (1, 2, 3)} <= archived
     assert sorted(names) == sorted(standalone + [n for n in planned if n not in archived])
     assert (tmp_path / "converged-heads" / "heads=4" / "seed-3" / "eval.test.beam4.json").exists()
-    # the studies seed by seed (every point's first seed before a second, on both cores), then the standalone
-    # arms alternating with the later seeds: with two runs at a time, one core trains the arms, the other the studies
+    # the studies seed by seed (every point's first seed before a second; heads and depth, which have no converged
+    # run, before wiring's side points), then the standalone arms alternating with the later seeds: with two runs
+    # at a time, one core trains the arms, the other the studies
     first = sum(n.endswith("seed-1") for n in names)
     assert names[:first] == [n for n in names if n.endswith("seed-1")]
     assert [names.index(run) for run in standalone] == list(range(first, first + 2 * len(standalone), 2))
     seeds = [int(n.rsplit("seed-", 1)[1]) for n in names if n not in standalone]
     assert seeds == sorted(seeds)
     assert [n.split("/")[0] for n in names if n.endswith("seed-1")] == sorted(
-        (n.split("/")[0] for n in names if n.endswith("seed-1")), key=["converged-wiring", "converged-heads",
-                                                                      "converged-depth"].index)
+        (n.split("/")[0] for n in names if n.endswith("seed-1")), key=["converged-heads", "converged-depth",
+                                                                      "converged-wiring"].index)
     bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
 
