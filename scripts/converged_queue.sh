@@ -6,9 +6,10 @@
 #   bash scripts/converged_queue.sh 2          # two runs at a time, each on its share of the cores
 #   bash scripts/converged_queue.sh --print    # list what is left to train, run nothing
 # One run on both cores (4,100 tok/s) trains about as fast as two on one core each (2 x 2,160) on
-# the 2-core AMD EPYC (findings section 8), but finishes in half the hours: a converged run takes
-# ~2 hours that way, within one session, while two side by side take ~4 each and are lost with
-# their checkpoints when the next session comes on a new machine (as on 2026-12-07 evening).
+# the 2-core AMD EPYC with AVX512_BF16 in bf16 (findings section 8), but finishes in half the
+# hours: a converged run takes ~2 hours that way, within one session, while two side by side take
+# ~4 each and are lost with their checkpoints when the next session comes on a new machine (as on
+# 2026-12-07 evening).
 # 1. the regularisation and schedule arms of section 0 (dropout 0.2, 0.3, the plateau schedule;
 #    seed 1, paired with `final` seed 1), the ceiling: dropout 0.2 for the same 15,000 steps
 #    with the LR decayed linearly to zero (paired with the inverse-square-root dropout 0.2 run),
