@@ -237,7 +237,7 @@ def test_curves_reads_runs_side_by_side_from_their_folders(mix_run, tmp_path):
     assert rows["stopped"]["run"].startswith("step 40")
     assert rows["step 1,000"]["a/seed-1"] == "30.00 (7.25)" and rows["step 1,500"]["b/seed-1"] == ""
     assert rows["best dev BLEU"]["a/seed-1"] == "30.00 (step 1,000)"  # the earliest of equal scores
-    assert rows["stopped"]["a/seed-1"] == "training (last evaluation: step 2,000)"
+    assert rows["stopped"]["a/seed-1"] == "unfinished (last evaluation: step 2,000)"
     assert rows["test BLEU, weights of step 1,000"] == {"what": "test BLEU, weights of step 1,000", "run": "",
                                                         "a/seed-1": "12.34", "b/seed-1": ""}  # its own file wins
     assert rows["test BLEU, weights of step 2,000"]["b/seed-1"] == "19.50"

@@ -172,6 +172,8 @@ def test_evaluate_scores_a_kept_milestone_without_touching_the_final_result(trai
     final = evaluate()
     early = evaluate("--weights", "milestones/step-0000000.safetensors")
     assert early["weights"] == "milestones/step-0000000.safetensors" and final["weights"] == "model.safetensors"
+    # the hypotheses are named relative to the run folder, so a copied folder's result still finds them
+    assert early["hypotheses"] == "hyps.test.beam1.milestones-step-0000000.txt"
     assert early["bleu"] < 1 and final["bleu"] > early["bleu"]  # untrained weights cannot reverse a sequence
     milestone_hyps = folder / "hyps.test.beam1.milestones-step-0000000.txt"
     assert milestone_hyps.read_text() != (folder / "hyps.test.beam1.txt").read_text()

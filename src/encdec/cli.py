@@ -236,7 +236,7 @@ def evaluate(checkpoint: Path = typer.Option(..., help="Run folder written by `e
     print(f"{split}: {result['sentences']} sentences, beam {beam}{', int8' if int8 else ''}"
           f"{'' if weights == FINAL_WEIGHTS else ', weights ' + weights}, "
           f"{result['sent_per_s']} sent/s; "
-          f"hypotheses in {result['hypotheses']}")
+          f"hypotheses in {Path(checkpoint) / result['hypotheses']}")
     print(f"BLEU = {result['bleu']:.2f}  chrF = {result['chrf']:.2f}   (reference: WEB)   {result['bleu_signature']}")
     if "bleu_2refs" in result:
         print(f"BLEU = {result['bleu_2refs']:.2f}  chrF = {result['chrf_2refs']:.2f}   (references: WEB + KJV)")

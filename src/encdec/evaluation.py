@@ -116,7 +116,8 @@ def score_run(run: Path, split: str, rt: Runtime, *, beam: int = BEAM, alpha: fl
     refs = [p.tgt for p in pairs]
     result = {"split": split, "sentences": len(pairs), "beam": beam, "alpha": alpha, "int8": int8, "weights": weights,
               "seconds": round(seconds, 1),
-              "sent_per_s": round(len(pairs) / max(seconds, 1e-9), 1), "hypotheses": str(hyp_file)}
+              "sent_per_s": round(len(pairs) / max(seconds, 1e-9), 1),
+              "hypotheses": hyp_file.name}  # beside this JSON, so a moved or archived run folder stays right
     b1, c1 = bleu(hyps, [refs]), chrf(hyps, [refs])
     result.update({"bleu": round(b1.score, 2), "chrf": round(c1.score, 2), "bleu_signature": b1.signature,
                    "chrf_signature": c1.signature})

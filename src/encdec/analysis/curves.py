@@ -90,7 +90,8 @@ def table(curves: list[Curve], every: int) -> list[dict]:
     def stop(c: Curve) -> str:
         f = c.final
         if not f:
-            return f"training (last evaluation: step {max(c.dev):,})" if c.dev else "training"
+            # no end record: still training, interrupted, or lost with its machine
+            return f"unfinished (last evaluation: step {max(c.dev):,})" if c.dev else "unfinished"
         return f"step {f['step']:,}: {f.get('stop', '')}".rstrip(": ")
 
     def end_dev(c: Curve) -> str:
