@@ -60,6 +60,12 @@ def test_wiring_points_choose_states_and_surface_fusion():
            "dev_bleu": 20.0, "test_bleu": 21.0, "sent_per_s": 5.0, "seeds": 1, "reference": "wiring=final",
            "steps": 1385}
     assert "| 64 | dense@0+6 | 1.00M | 1385 |" in markdown([row], ["wiring"], "t")
+    # a point with 3 seeds against a reference with 1: the Δ is of the one pair, and the cell says so
+    row.update(seeds=3, test_bleu_std=0.1, dev_ppl_std=0.1, dev_bleu_std=0.1, delta_vs_ref=1.72, p_vs_ref=0.001,
+               p_vs_ref_per_seed="0.001", paired_seeds=[1])
+    assert "| +1.72 (p 0.001; 0.001; seed 1 only) |" in markdown([row], ["wiring"], "t")
+    row.update(paired_seeds=[1, 2, 3], p_vs_ref_per_seed="0.001/0.002/0.003")
+    assert "| +1.72 (p 0.001; 0.001/0.002/0.003) |" in markdown([row], ["wiring"], "t")
 
 
 def test_smoke_heads_study_table_and_resume(tmp_path, monkeypatch):

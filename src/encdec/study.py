@@ -577,7 +577,8 @@ def speed_column(results: list[dict]) -> tuple[str, str]:
 def markdown(results: list[dict], axes: list[str], title: str, footer: str = "") -> str:
     """Table 3 layout: architecture columns, params, steps trained (until converged: the mean of
     where the seeds stopped), dev PPL, dev BLEU, test BLEU (mean ± std), and the paired bootstrap
-    against the reference point (pooled over seeds, then per seed); `footer` below the table."""
+    against the reference point (pooled over the seeds both points finished, then per seed; the
+    cell names those seeds when they are fewer than the point's); `footer` below the table."""
     cols = ["N enc", "N dec", "d_model", "d_ff", "h", "d_k", "d_v"] + (["wiring"] if "wiring" in axes else [])
     speed, speed_label = speed_column(results)
     reference = results[0].get("reference", "") if results else ""
@@ -593,7 +594,10 @@ def markdown(results: list[dict], axes: list[str], title: str, footer: str = "")
         if "wiring" in axes:
             arch.append(r["wiring"])  # the point's value: scheme, states read, SurfaceFusion
         if r.get("delta_vs_ref") is not None:
-            test = f"{r['delta_vs_ref']:+.2f} (p {r['p_vs_ref']:.3f}; {r['p_vs_ref_per_seed']})"
+            paired = r.get("paired_seeds", [])
+            only = (f"; seed{'s' if len(paired) > 1 else ''} {', '.join(map(str, paired))} only"
+                    if 0 < len(paired) < r["seeds"] else "")  # the reference has fewer seeds than this point
+            test = f"{r['delta_vs_ref']:+.2f} (p {r['p_vs_ref']:.3f}; {r['p_vs_ref_per_seed']}{only})"
         else:
             test = "reference" if r["point"] == reference else "–"
         lines.append("| " + " | ".join(str(x) for x in arch) + f" | {r['params'] / 1e6:.2f}M | {r['steps']} | "
@@ -632,6 +636,7 @@ def write_results(study: StudyPlan) -> list[dict]:
         r["delta_vs_ref"] = test["pooled"]["delta"] if test else None
         r["p_vs_ref"] = test["pooled"]["p"] if test else None
         r["p_vs_ref_per_seed"] = "/".join(f"{t['p']:.3f}" for t in test["per_seed"].values()) if test else ""
+        r["paired_seeds"] = test["seeds"] if test else []
     for name, data in (("runs.csv", rows), ("results.csv", results)):
         if data:
             plots.write_csv(data, folder / name)
