@@ -13,7 +13,8 @@
 # 1. the regularisation and schedule arms of section 0 (dropout 0.2, 0.3, the plateau schedule;
 #    seed 1, paired with `final` seed 1), the ceiling: dropout 0.2 for the same 15,000 steps
 #    with the LR decayed linearly to zero (paired with the inverse-square-root dropout 0.2 run),
-#    then dropout 0.4 (0.3, the sweep's top arm, won);
+#    then dropout 0.4 (0.3, the sweep's top arm, won); and heads=8 with d_k 64 (first of these:
+#    it answers a claim of the seed, whether small d_k is what costs many heads);
 # 2. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 3. depth with pre-LN: 2, 6, 1-6, 6-1;
 # 4. the wiring study grows beside its archived runs: layerwise, mix, dense@0+3, final+sf0.2.
@@ -60,6 +61,10 @@ single() {
     echo "encdec train --out $out $*"
 }
 queue=$(
+    # heads: does h=8 lose at convergence by its head count or by its d_k of 32? The same run with
+    # d_k = 64 (9.94M parameters) pairs with heads=8 (d_k 32) and heads=4 (d_k 64) seed 1
+    single converged-heads-dk/heads=8-dhead-64 \
+        --config docs/study/converged-heads/heads=8/seed-1/config.json --set model.d_head=64
     for d in 0.2 0.3; do
         single converged-dropout/final-dropout-$d --until-converged --set model.dropout=$d \
             --set train.average_last=5 --set train.dev_bleu_sentences=1534
@@ -80,11 +85,13 @@ queue=$(
     encdec study wiring --values final,dense,layerwise,mix,dense@0+3,final+sf0.2 --seeds 3 $R \
         --out "$RUNS/converged-wiring" --print-commands
 )
-# the studies' runs seed by seed (a stable sort on the seed of the run folder): every seed 1 first,
+# the studies' runs seed by seed (a stable sort on the seed of the run folder, --out's seed-K; a
+# standalone run has none, whatever its --config names): every seed 1 first,
 # then the standalone arms interleaved with the later seeds: standalone, study, standalone, study...
 # so that with P=2 one core trains the recipe arms while the other goes on with the studies
 queue=$(printf '%s\n' "$queue" |
-    awk 'NF { s = 0; if (match($0, /\/seed-[0-9]+/)) s = substr($0, RSTART + 6, RLENGTH - 6); print s "\t" $0 }' |
+    awk 'NF { s = 0; if (match($0, /--out [^ ]*\/seed-[0-9]+/)) { s = substr($0, RSTART, RLENGTH); sub(/.*\/seed-/, "", s) }
+              print s "\t" $0 }' |
     sort -s -n -k1,1 |
     awk -F'\t' '$1 == 1 { print $2; next } $1 == 0 { a[++n] = $2; next } { b[++m] = $2 }
                 END { for (i = 1; i <= n || i <= m; i++) { if (i <= n) print a[i]; if (i <= m) print b[i] } }')
