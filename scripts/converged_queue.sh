@@ -13,8 +13,9 @@
 # 1. the regularisation and schedule arms of section 0 (dropout 0.2, 0.3, the plateau schedule;
 #    seed 1, paired with `final` seed 1), the ceiling: dropout 0.2 for the same 15,000 steps
 #    with the LR decayed linearly to zero (paired with the inverse-square-root dropout 0.2 run),
-#    then dropout 0.4 (0.3, the sweep's top arm, won); and heads=8 with d_k 64 (first of these:
-#    it answers a claim of the seed, whether small d_k is what costs many heads);
+#    then dropout 0.4 (0.3, the sweep's top arm, won); heads=8 with d_k 64 (first of these:
+#    it answers a claim of the seed, whether small d_k is what costs many heads), then `final`
+#    seed 1 under pre-LN (second: the norm control of the pre-LN depth study);
 # 2. heads 1 and 8 (heads=4 is `final` of the wiring study: its archived runs are copied in);
 # 3. depth with pre-LN: 2, 6, 1-6, 6-1;
 # 4. the wiring study grows beside its archived runs: layerwise, mix, dense@0+3, final+sf0.2.
@@ -65,6 +66,11 @@ queue=$(
     # d_k = 64 (9.94M parameters) pairs with heads=8 (d_k 32) and heads=4 (d_k 64) seed 1
     single converged-heads-dk/heads=8-dhead-64 \
         --config docs/study/converged-heads/heads=8/seed-1/config.json --set model.d_head=64
+    # norm: `final` seed 1 (post-LN 3+3) again under pre-LN, the depth study's norm; it separates norm
+    # from depth when the pre-LN depths are set beside the post-LN wiring runs, and it is the pre-LN
+    # `final` a pre-LN dense@0+3 would be paired with
+    single converged-norm/final-pre-ln \
+        --config docs/study/converged-wiring/wiring=final/seed-1/config.json --set model.norm=pre
     for d in 0.2 0.3; do
         single converged-dropout/final-dropout-$d --until-converged --set model.dropout=$d \
             --set train.average_last=5 --set train.dev_bleu_sentences=1534

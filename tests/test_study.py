@@ -338,8 +338,9 @@ def test_the_converged_queue_reuses_the_archived_runs_and_leaves_out_finished_on
                 for p in (repo / "docs" / "study").glob("converged-*/*/seed-*/eval.test.beam4.json")}
     archived |= {f"converged-heads/heads=4/seed-{k}" for k in (1, 2, 3)
                  if f"converged-wiring/wiring=final/seed-{k}" in archived}
-    # h=8 with d_k 64 first: its --config names a seed-1 folder, yet it is no study's seed 1
-    standalone = [run for run in ("converged-heads-dk/heads=8-dhead-64", "converged-dropout/final-dropout-0.3",
+    # h=8 with d_k 64 first, then pre-LN final: their --config names a seed-1 folder, yet they are no study's seed 1
+    standalone = [run for run in ("converged-heads-dk/heads=8-dhead-64", "converged-norm/final-pre-ln",
+                                  "converged-dropout/final-dropout-0.3",
                                   "converged-ceiling/final-dropout-0.2-linear15k",
                                   "converged-dropout/final-dropout-0.4")
                   if not (repo / "docs/runs" / run / "eval.test.beam4.json").exists()]
